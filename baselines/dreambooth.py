@@ -1,0 +1,92 @@
+"""DreamBooth baseline: full fine-tuning of the UNet (text encoders frozen unless `train_text_encoder`).
+
+Memory on SDXL (2.57 B UNet parameters): fp32 master weights 10.3 GB + fp32 grads 10.3 GB + AdamW moments
+20.5 GB = 41 GB before activations, so a 40 GB card needs `train.optimizer=adamw8bit` (moments 5.1 GB) or
+`adafactor` (factored moments, < 0.1 GB), with `train.gradient_checkpointing=true` and bf16 autocast; an 80 GB
+card fits plain AdamW with gradient checkpointing. The saved file holds the whole UNet in `save_dtype`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from para.method import Method
+from para.models import resolve_dtype
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+@dataclass
+class DreamBoothMethodConfig:
+    name: str = "dreambooth"
+    lr: float = 5e-6  # reading: the DreamBooth paper's SD fine-tuning rate
+    train_text_encoder: bool = False  # paper's baseline: UNet only (reading)
+    master_dtype: str = "float32"  # dtype of the trained weights; bf16 saves memory but rounds away small updates
+    save_dtype: str = "auto"  # auto: the base model's weights dtype (bf16 on GPU); float32 | bfloat16 | float16
+
+
+class DreamBooth(Method):
+    name = "dreambooth"
+    Config = DreamBoothMethodConfig
+
+    def __init__(self, cfg: Any, base_model: str):
+        super().__init__(cfg, base_model)
+        self.text_encoders: dict[str, nn.Module] = {}
+        self.weights_dtype: torch.dtype | None = None
+
+    @classmethod
+    def validate_config(cls, cfg: Any) -> None:
+        for key in ("master_dtype", "save_dtype"):
+            resolve_dtype(getattr(cfg, key), torch.device("cpu"))
+
+    def attach(self, unet: nn.Module) -> list[nn.Parameter]:
+        self.weights_dtype = unet.dtype
+        master = resolve_dtype(self.cfg.master_dtype, unet.device)
+        if unet.dtype != master:
+            unet.to(master)
+        unet.requires_grad_(True)
+        return list(unet.parameters())
+
+    def attach_text_encoders(self, pipe: Any) -> list[nn.Parameter]:
+        if not self.cfg.train_text_encoder:
+            return []
+        params = []
+        for name in TEXT_ENCODERS:
+            encoder = getattr(pipe, name)
+            encoder.to(resolve_dtype(self.cfg.master_dtype, encoder.device)).requires_grad_(True)
+            self.text_encoders[name] = encoder
+            params += list(encoder.parameters())
+        return params
+
+    def state_dict(self, unet: nn.Module) -> dict[str, Tensor]:
+        state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+        for name, encoder in self.text_encoders.items():
+            state.update({f"{name}.{k}": v for k, v in encoder.state_dict().items()})
+        return state
+
+    def load_state_dict(self, unet: nn.Module, state: dict[str, Tensor]) -> None:
+        modules = {"unet": unet, **self.text_encoders}
+        for prefix, module in modules.items():
+            part = {k.removeprefix(f"{prefix}."): v for k, v in state.items() if k.startswith(f"{prefix}.")}
+            own = module.state_dict()
+            for key, tensor in part.items():
+                if key in own and own[key].shape != tensor.shape:
+                    raise ValueError(f"{prefix}.{key}: saved shape {tuple(tensor.shape)} != {tuple(own[key].shape)}")
+            module.load_state_dict({k: v.to(own[k].dtype) for k, v in part.items() if k in own}, strict=True)
+        unknown = {k.split(".", 1)[0] for k in state} - set(modules)
+        if unknown:
+            raise ValueError(f"DreamBooth state holds modules this run does not train: {sorted(unknown)}")
+
+    def to_saved(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.cfg.save_dtype == "auto":
+            dtype = self.weights_dtype or torch.float32
+        else:
+            dtype = resolve_dtype(self.cfg.save_dtype, torch.device("cpu"))
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+    def summary(self) -> dict[str, Any]:
+        return {"trains": ["unet", *self.text_encoders]}

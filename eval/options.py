@@ -1,0 +1,55 @@
+"""Evaluation options: the fields of `para.config.EvalConfig`, readable from any object or mapping.
+
+`eval` never imports the trainer's package, so it carries its own frozen (hashable, hence cacheable) copy of
+the schema and accepts anything with those attributes: the Hydra node, a plain dict, a `run_info["eval"]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+BACKBONE_MODES = ("pretrained", "random")
+RANDOM_BANNER = "random backbones: not comparable with any paper"
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to score with. Defaults are those of `para.config.EvalConfig`."""
+
+    backbones: str = "pretrained"  # pretrained | random (random: offline tests only; outputs are flagged)
+    dino: str = "facebook/dino-vits16"  # hub id or local folder of a transformers ViTModel
+    clip_arch: str = "ViT-B-32"  # open_clip architecture
+    clip_pretrained: str = "openai"  # open_clip tag, local checkpoint file, or local transformers CLIP folder
+    lpips_net: str = "alex"  # alex | vgg
+    batch_size: int = 16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    lpips_size: int = 512  # side of the square both images are brought to before LPIPS
+
+    def __post_init__(self) -> None:
+        if self.backbones not in BACKBONE_MODES:
+            raise ValueError(f"eval.backbones={self.backbones!r} is out of range; expected one of {BACKBONE_MODES}")
+        if self.batch_size < 1:
+            raise ValueError(f"eval.batch_size={self.batch_size!r} is out of range; expected an integer >= 1")
+
+    @classmethod
+    def from_any(cls, cfg: Any = None, **overrides: Any) -> EvalOptions:
+        """Options from an object with these attributes or a mapping with these keys; None values are skipped.
+
+        Unknown attributes of `cfg` (e.g. `enabled`) are ignored; `overrides` win over `cfg`.
+        """
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if isinstance(cfg, Mapping):
+                value = cfg.get(f.name)
+            else:
+                value = getattr(cfg, f.name, None)
+            if value is not None:
+                values[f.name] = value
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.backbones == "pretrained"

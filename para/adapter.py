@@ -1,0 +1,128 @@
+"""PaRa as a method of the harness: wrap the chosen UNet layers, train only their B's (PAPER.md §1–3)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from para.layers import INITS, PaRaLayer, initial_b, out_features
+from para.method import Method
+from para.subsets import SUBSETS, select_modules
+
+
+@dataclass
+class ParaConfig:
+    name: str = "para"
+    # Directions removed per layer. The paper compares at the same rank notion as LoRA r=16 and ablates r=1..16.
+    rank: int = 16
+    # Rank boundary γ (paper: 1/40): per layer r_eff = min(r, ⌊d_out·γ⌋), at least 1. None disables the cap.
+    gamma: float | None = 0.025
+    # Layer subset (paper's ExCA = noxattn) or a list of module-name regexes.
+    subset: Any = "noxattn"
+    # gaussian (reading: the paper's zero init cannot go through QR) | weakest (start where W0 is weakest)
+    init: str = "gaussian"
+    init_std: float = 0.02
+    lr: float = 1e-4  # reading: not stated in the paper
+
+
+def effective_rank(rank: int, width: int, gamma: float | None) -> int:
+    """The rank boundary of PAPER.md §2, applied to every layer (authors' code: conv layers only).
+
+    The `max(1, ·)` is our reading for layers narrower than 1/γ (only in tiny test models; SDXL's narrowest
+    layer has 320 outputs → 8).
+    """
+    if gamma is None:
+        return rank
+    return min(rank, max(1, math.floor(width * gamma + 1e-9)))
+
+
+class PaRa(Method):
+    name = "para"
+    Config = ParaConfig
+
+    def __init__(self, cfg: Any, base_model: str):
+        super().__init__(cfg, base_model)
+        self.ranks: dict[str, int] = {}
+
+    @classmethod
+    def validate_config(cls, cfg: Any) -> None:
+        if cfg.rank <= 0:
+            raise ValueError(f"method.rank={cfg.rank} is out of range; expected an integer > 0")
+        if cfg.gamma is not None and not 0 < cfg.gamma <= 1:
+            raise ValueError(f"method.gamma={cfg.gamma} is out of range; expected (0, 1] or null to disable")
+        if cfg.init not in INITS:
+            raise ValueError(f"unknown PaRa init {cfg.init!r}; expected one of {list(INITS)}")
+        if isinstance(cfg.subset, str) and cfg.subset not in SUBSETS:
+            raise ValueError(f"unknown layer subset {cfg.subset!r}; expected one of {sorted(SUBSETS)} or a list")
+
+    def attach(self, unet: nn.Module) -> list[nn.Parameter]:
+        self.validate_config(self.cfg)
+        unet.requires_grad_(False)
+        params = []
+        for name, module in select_modules(unet, self.cfg.subset).items():
+            width = out_features(module)
+            rank = effective_rank(self.cfg.rank, width, self.cfg.gamma)
+            if rank >= width:
+                raise ValueError(
+                    f"method.rank={rank} is out of range for layer {name} with {width} outputs; need rank < {width}"
+                )
+            b = initial_b(module, rank, self.cfg.init, self.cfg.init_std, torch.default_generator)
+            layer = PaRaLayer(module, b)
+            unet.set_submodule(name, layer)
+            self.ranks[name] = rank
+            params.append(layer.para_B)
+        return params
+
+    def layers(self, unet: nn.Module) -> dict[str, PaRaLayer]:
+        layers = {name: unet.get_submodule(name) for name in self.ranks}
+        if not all(isinstance(layer, PaRaLayer) for layer in layers.values()):
+            raise RuntimeError("PaRa.layers() called on a UNet this PaRa instance did not attach to")
+        return layers
+
+    def state_dict(self, unet: nn.Module) -> dict[str, Tensor]:
+        return {f"{name}.para_B": layer.para_B for name, layer in self.layers(unet).items()}
+
+    def load_state_dict(self, unet: nn.Module, state: dict[str, Tensor]) -> None:
+        expected = self.state_dict(unet)
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"PaRa state does not fit this UNet: missing {missing[:3]}…, unexpected {unexpected[:3]}…")
+        with torch.no_grad():
+            for key, param in expected.items():
+                if state[key].shape != param.shape:
+                    raise ValueError(f"{key}: saved shape {tuple(state[key].shape)} != {tuple(param.shape)} here")
+                param.copy_(state[key])
+
+    def summary(self) -> dict[str, Any]:
+        return {"layers": len(self.ranks), "ranks": self.ranks}
+
+    def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> None:
+        if merge:
+            for layer in self.layers(unet).values():
+                layer.merge()
+
+    def finish_sampling(self, unet: nn.Module) -> None:
+        for layer in self.layers(unet).values():
+            layer.unmerge()
+
+
+def unwrap_merged(unet: nn.Module) -> nn.Module:
+    """Replace every PaRa layer by its base layer carrying the merged weight (I − QQᵀ)W0, in place.
+
+    The result is a plain diffusers UNet that `save_pretrained` writes for users of stock diffusers.
+    """
+    for name, module in list(unet.named_modules()):
+        if isinstance(module, PaRaLayer):
+            module.merge()
+            unet.set_submodule(name, module.base)
+    return unet
+
+
+def count_para_params(modules: dict[str, nn.Module], rank: int, gamma: float | None) -> int:
+    """Trainable parameters of PaRa on these layers: Σ d_out · r_eff (LoRA: Σ r · (d_in·k² + d_out))."""
+    return sum(out_features(m) * effective_rank(rank, out_features(m), gamma) for m in modules.values())

@@ -1,0 +1,169 @@
+"""Typed configuration schemas, registered in Hydra's ConfigStore.
+
+Every YAML file under `conf/` extends one of these dataclasses, so a misspelt key (`method.rnak=4`) or a wrong
+type (`steps=abc`) fails at composition time with Hydra's message, and out-of-range values fail in
+`validate()` with the bad value and the allowed range. Method schemas live next to their method
+(`Method.Config`) and are registered here from the registry, so adding a method needs no change in this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # run-folder / table name of the base model: sdxl | tiny | small
+    kind: str = "pretrained"  # pretrained: load weights from `path`; tiny | small: SDXL-shaped, random, in-process
+    path: str | None = None  # hub id, local diffusers folder, or single-file .safetensors checkpoint
+    revision: str | None = None
+    variant: str | None = None  # e.g. fp16 (the hub's half-precision files)
+    vae_path: str | None = None  # optional replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix)
+    resolution: int = 1024  # training and sampling resolution unless overridden
+    weights_dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; frozen weights are stored in this dtype
+    init_seed: int = 0  # random-weight models only: seed of the in-process initialisation
+
+
+@dataclass
+class SubjectConfig:
+    name: str = MISSING
+    class_word: str = MISSING
+    kind: str = MISSING  # live | object: which DreamBench prompt list
+
+
+@dataclass
+class DataConfig:
+    root: str = "../shared/dreambooth/dataset"  # a google/dreambooth clone's `dataset/` folder works too
+    token: str = "sks"  # the rare identifier token of DreamBooth
+    prompt_template: str = "a photo of {token} {class_word}"
+    flip_p: float = 0.5  # horizontal-flip probability (latents of both orientations are cached)
+    min_image_side: int = 16  # photos smaller than this are refused (a 1x1 image is almost surely a broken file)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 1  # paper: batch size 1
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA) | adafactor (transformers)
+    weight_decay: float = 1e-2
+    warmup_steps: int = 0  # linear warm-up to method.lr, then constant (paper: schedule not stated)
+    grad_clip: float | None = 1.0
+    mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU | bf16 | fp16 | no
+    gradient_checkpointing: bool = False
+    cache_latents: bool = True  # encode the few photos and the prompt once; the VAE/text encoders are frozen
+    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = only at the end of training
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    prior_loss_weight: float = 0.0  # >0 adds DreamBooth prior preservation with generated class images
+    num_class_images: int = 50
+    class_prompt_template: str = "a photo of {class_word}"
+
+
+@dataclass
+class SampleConfig:
+    enabled: bool = True
+    scheduler: str = "ddim"  # paper: DDIM sampler
+    steps: int = 50  # reading: 50 DDIM steps
+    guidance: float = 5.0  # reading: SDXL's usual guidance
+    resolution: int | None = None  # default: model.resolution
+    num_prompts: int | None = None  # default: all 25 DreamBench prompts
+    images_per_prompt: int = 4  # DreamBench protocol: 4 images per prompt
+    batch_size: int = 4
+    merge: bool = True  # bake the adapter into the weights for sampling where the method can (PaRa)
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    backbones: str = "pretrained"  # pretrained | random (random only for tests; outputs are flagged)
+    dino: str = "facebook/dino-vits16"
+    clip_arch: str = "ViT-B-32"
+    clip_pretrained: str = "openai"
+    lpips_net: str = "alex"
+    batch_size: int = 16
+    device: str = "auto"
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb; a local JSON-lines log is always written
+    project: str = "para"
+    entity: str | None = None
+    mode: str | None = None  # online | offline | disabled (default: wandb's own, WANDB_MODE)
+    sample_every: int = 0  # steps between validation sample grids; 0 = off
+    sample_prompts: int = 2
+
+
+@dataclass
+class Config:
+    method: Any = MISSING
+    subject: SubjectConfig = MISSING
+    model: ModelConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    steps: int = 200  # paper: PaRa at 200 steps; baselines at 1000 (conf/experiment/table1.yaml)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: bool = False  # continue from the run folder's last checkpoint
+    overwrite: bool = False  # replace a finished run folder (otherwise a finished run is left untouched)
+    run_dir: str = MISSING
+
+
+def register_configs() -> None:
+    """Register the schemas under the names the YAML files extend (`<group>_schema`)."""
+    from para.registry import METHODS
+
+    # runs/<model>/... for models other than sdxl (see conf/config.yaml)
+    OmegaConf.register_new_resolver("model_prefix", lambda name: "" if name == "sdxl" else f"{name}/", replace=True)
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="subject", name="subject_schema", node=SubjectConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    for name, method in METHODS.items():
+        cs.store(group="method", name=f"{name}_schema", node=method.Config)
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r} is out of range; expected {allowed}")
+
+
+def _check_choice(key: str, value: Any, choices: list[str] | tuple[str, ...]) -> None:
+    _check(value in choices, key, value, f"one of {sorted(choices)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks Hydra's type system cannot express. Raises ValueError naming key, value and range."""
+    from para.registry import METHODS
+
+    _check_choice("method.name", cfg.method.name, list(METHODS))
+    _check(cfg.steps > 0, "steps", cfg.steps, "an integer > 0")
+    _check(cfg.train.batch_size > 0, "train.batch_size", cfg.train.batch_size, "an integer > 0")
+    _check(cfg.method.lr > 0, "method.lr", cfg.method.lr, "a learning rate > 0")
+    _check(cfg.train.warmup_steps >= 0, "train.warmup_steps", cfg.train.warmup_steps, ">= 0")
+    _check(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", cfg.train.checkpoint_every, ">= 0")
+    _check(0.0 <= cfg.data.flip_p <= 1.0, "data.flip_p", cfg.data.flip_p, "a probability in [0, 1]")
+    _check_choice("train.optimizer", cfg.train.optimizer, ("adamw", "adamw8bit", "adafactor"))
+    _check_choice("train.mixed_precision", cfg.train.mixed_precision, ("auto", "bf16", "fp16", "no"))
+    _check_choice("model.kind", cfg.model.kind, ("pretrained", "tiny", "small"))
+    _check_choice("subject.kind", cfg.subject.kind, ("live", "object"))
+    _check_choice("sample.scheduler", cfg.sample.scheduler, ("ddim", "default"))
+    _check_choice("eval.backbones", cfg.eval.backbones, ("pretrained", "random"))
+    _check_choice("logger.name", cfg.logger.name, ("none", "wandb"))
+    for key in ("model.resolution", "sample.resolution"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            _check(value > 0 and value % 8 == 0, key, value, "a positive multiple of 8 (the VAE downsamples 8x)")
+    _check(cfg.sample.images_per_prompt > 0, "sample.images_per_prompt", cfg.sample.images_per_prompt, "> 0")
+    _check(cfg.sample.steps > 0, "sample.steps", cfg.sample.steps, "> 0")
+    _check(cfg.sample.batch_size > 0, "sample.batch_size", cfg.sample.batch_size, "> 0")
+    if cfg.sample.num_prompts is not None:
+        _check(1 <= cfg.sample.num_prompts <= 25, "sample.num_prompts", cfg.sample.num_prompts, "1..25")
+    METHODS[cfg.method.name].validate_config(cfg.method)

@@ -1,0 +1,131 @@
+"""The PaRa layer: a frozen Linear/Conv2d whose output space loses r learned directions (PAPER.md §1).
+
+    B ∈ R^{m×r} (trainable)    Q = qr(B)    W = (I − QQᵀ) W0    y = W x + b = h − Q(Qᵀh) + b,  h = W0 x
+
+Q acts on the left (output features / output channels). We never form the m×m projector nor the reduced
+weight while training: `h` is computed once by the frozen layer and the projection costs two thin matmuls,
+about what a LoRA of the same rank costs. The bias is not projected (authors' code).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+INITS = ("gaussian", "weakest")
+
+
+def flat_weight(layer: nn.Linear | nn.Conv2d) -> Tensor:
+    """W0 as an m × n matrix; a conv kernel is flattened to c_out × (c_in·k²) (authors' flattening)."""
+    return layer.weight.reshape(layer.weight.shape[0], -1)
+
+
+def out_features(layer: nn.Linear | nn.Conv2d) -> int:
+    return layer.weight.shape[0]
+
+
+def orthonormal_basis(b: Tensor) -> Tensor:
+    """Q of the thin QR of B, always in float32: QR is unsupported or unreliable in bf16/fp16 (PAPER.md §1)."""
+    with torch.autocast(device_type=b.device.type, enabled=False):
+        q, _ = torch.linalg.qr(b.float(), mode="reduced")
+    return q
+
+
+def initial_b(layer: nn.Linear | nn.Conv2d, rank: int, init: str, std: float, generator: torch.Generator) -> Tensor:
+    """Initial B (m × r, float32).
+
+    `gaussian`: N(0, std²) — the paper's zero init is impossible through QR (qr(0) has no gradient).
+    `weakest`: the r left singular directions where W0 is weakest, so removing them changes the layer's output
+    least at step 0 (for a tall W0 these are null directions of W0ᵀ and the layer starts as the identity).
+    """
+    m = out_features(layer)
+    if init == "gaussian":
+        b = torch.randn(m, rank, generator=generator) * std
+        return b.to(layer.weight.device)
+    if init == "weakest":
+        w = flat_weight(layer).detach().float()
+        # eigh of W Wᵀ (m × m) is far cheaper than an SVD of the wide conv matrix; eigenvalues come ascending.
+        _, vectors = torch.linalg.eigh(w @ w.T)
+        return vectors[:, :rank].contiguous()
+    raise ValueError(f"unknown PaRa init {init!r}; expected one of {list(INITS)}")
+
+
+class PaRaLayer(nn.Module):
+    """Wraps a frozen nn.Linear or nn.Conv2d; only `para_B` trains."""
+
+    def __init__(self, base: nn.Linear | nn.Conv2d, b: Tensor):
+        super().__init__()
+        if not isinstance(base, nn.Linear | nn.Conv2d):
+            raise TypeError(f"PaRa adapts nn.Linear and nn.Conv2d, not {type(base).__name__}")
+        m, r = b.shape
+        if m != out_features(base):
+            raise ValueError(f"B has {m} rows but the layer has {out_features(base)} output features")
+        if not 0 < r < m:
+            raise ValueError(f"PaRa rank {r} out of range for a layer with {m} output features (need 0 < r < {m})")
+        self.base = base
+        self.para_B = nn.Parameter(b.float())
+        self.merged = False
+        # Qᵀ W0 (r × n), kept while merged so that unmerge can restore W0 = W + Q (Qᵀ W0).
+        self.register_buffer("_removed", None, persistent=False)
+
+    @property
+    def rank(self) -> int:
+        return self.para_B.shape[1]
+
+    def basis(self) -> Tensor:
+        return orthonormal_basis(self.para_B)
+
+    def _frozen_forward(self, x: Tensor) -> Tensor:
+        """h = W0 x without the bias (the bias is added after the projection, unprojected)."""
+        if isinstance(self.base, nn.Linear):
+            return F.linear(x, self.base.weight)
+        conv = self.base
+        if conv.padding_mode != "zeros":
+            raise NotImplementedError("PaRa supports zero-padded convolutions (all of SDXL's)")
+        return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def _project_out(self, h: Tensor, q: Tensor) -> Tensor:
+        """h − Q(Qᵀh) over the feature axis (last for Linear, channels for Conv2d)."""
+        q = q.to(h.dtype)
+        if isinstance(self.base, nn.Linear):
+            return h - (h @ q) @ q.T  # (..., m) @ (m, r) -> (..., r) -> (..., m)
+        coeffs = torch.einsum("bchw,cr->brhw", h, q)  # (B, r, H, W)
+        return h - torch.einsum("brhw,cr->bchw", coeffs, q)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.merged:
+            return self.base(x)
+        y = self._project_out(self._frozen_forward(x), self.basis())
+        bias = self.base.bias
+        if bias is None:
+            return y
+        return y + (bias if isinstance(self.base, nn.Linear) else bias[:, None, None]).to(y.dtype)
+
+    def reduced_weight(self) -> Tensor:
+        """(I − QQᵀ) W0 in the layer's weight shape, computed in float32."""
+        w = flat_weight(self.base).float()
+        q = self.basis().to(w.device)
+        return (w - q @ (q.T @ w)).reshape(self.base.weight.shape)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Bake (I − QQᵀ)W0 into the frozen weight: sampling then costs exactly the base model."""
+        if self.merged:
+            return
+        w = flat_weight(self.base).float()
+        q = self.basis().to(w.device)
+        self._removed = q.T @ w
+        self.base.weight.copy_((w - q @ self._removed).reshape(self.base.weight.shape))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore W0 = W + Q(QᵀW0) (exact up to the rounding of the weight dtype)."""
+        if not self.merged:
+            return
+        w = flat_weight(self.base).float()
+        q = self.basis().to(w.device)
+        self.base.weight.copy_((w + q @ self._removed).reshape(self.base.weight.shape))
+        self._removed = None
+        self.merged = False

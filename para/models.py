@@ -1,0 +1,213 @@
+"""Base models: SDXL 1.0 from weights, or SDXL-shaped models built in-process with random weights.
+
+`tiny` and `small` keep SDXL's whole conditioning path (two CLIP text encoders whose hidden sizes add up to the
+UNet's cross-attention width, pooled text embeddings, `time_ids`, an 8x VAE), so every command of the project
+runs offline; `small` is wide enough (320-wide first block, like SDXL) for CPU benchmarks. Their numbers are
+never paper numbers: runs record `model.kind` and `backbone weights random`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+
+# name: (UNet widths, transformer depth per block, text hidden sizes (enc1, enc2), VAE widths, heads per block)
+RANDOM_SHAPES = {
+    "tiny": dict(unet=(64, 128), depth=(1, 1), text=(32, 64), vae=(16, 16, 32, 32), head_dim=(8, 16), layers=1),
+    "small": dict(unet=(320, 640), depth=(1, 2), text=(128, 256), vae=(32, 64, 64, 64), head_dim=(5, 10), layers=2),
+}
+
+
+class ModelLoadError(RuntimeError):
+    """The base model's weights could not be loaded; the message names what was tried and the ways out."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(weights_dtype: str, device: torch.device) -> torch.dtype:
+    if weights_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+              "float16": torch.float16, "fp16": torch.float16}
+    if weights_dtype not in dtypes:
+        raise ValueError(f"model.weights_dtype={weights_dtype!r}; expected auto or one of {sorted(dtypes)}")
+    return dtypes[weights_dtype]
+
+
+@lru_cache(maxsize=1)
+def clip_tokenizer_files() -> tuple[str, str]:
+    """vocab.json + merges.txt of the CLIP BPE tokenizer, built from the vocabulary open_clip ships.
+
+    The same 49,408-token vocabulary as openai/clip-vit-large-patch14, so tokenization matches real SDXL.
+    """
+    import open_clip
+
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    pairs = [tuple(m.split()) for m in merges]
+    byte_chars = _bytes_to_unicode()
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(p) for p in pairs]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    cache = Path(os.environ.get("PARA_CACHE", Path.home() / ".cache" / "para")) / "clip_tokenizer"
+    cache.mkdir(parents=True, exist_ok=True)
+    vocab_file, merges_file = cache / "vocab.json", cache / "merges.txt"
+    vocab_file.write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    merges_file.write_text("#version: 0.2\n" + "\n".join(" ".join(p) for p in pairs) + "\n")
+    return str(vocab_file), str(merges_file)
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP byte-to-unicode table (the printable stand-ins of the 256 byte values), in CLIP's order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def clip_tokenizer() -> CLIPTokenizer:
+    vocab_file, merges_file = clip_tokenizer_files()
+    # transformers 5: vocab and merges must be positional (keywords silently give a broken 2-token tokenizer).
+    tokenizer = CLIPTokenizer(vocab_file, merges_file)
+    tokenizer.model_max_length = 77
+    return tokenizer
+
+
+def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline:
+    """An SDXL-shaped pipeline with random weights (`kind` = tiny | small), deterministic in `seed`."""
+    if kind not in RANDOM_SHAPES:
+        raise ValueError(f"unknown random model kind {kind!r}; expected one of {sorted(RANDOM_SHAPES)}")
+    shape = RANDOM_SHAPES[kind]
+    torch.manual_seed(seed)
+    text1, text2 = shape["text"]
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=shape["unet"][0] // 8,
+        block_out_channels=shape["unet"],
+        layers_per_block=shape["layers"],
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=shape["head_dim"],
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        transformer_layers_per_block=shape["depth"],
+        projection_class_embeddings_input_dim=6 * time_dim + text2,  # 6 time_ids + pooled text embedding
+        cross_attention_dim=text1 + text2,  # SDXL: 768 + 1280 = 2048
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=list(shape["vae"]),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * len(shape["vae"]),  # 4 blocks -> 3 downsamplings -> 8x
+        up_block_types=["UpDecoderBlock2D"] * len(shape["vae"]),
+        latent_channels=4,
+        norm_num_groups=16,
+        scaling_factor=0.13025,  # SDXL's VAE scaling factor
+    )
+
+    def text_config(hidden: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4, num_hidden_layers=3,
+            vocab_size=49408, max_position_embeddings=77, projection_dim=hidden, hidden_act="gelu",
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        )
+
+    scheduler = EulerDiscreteScheduler(  # SDXL base's training schedule (scaled-linear betas, 1000 steps)
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        steps_offset=1, timestep_spacing="leading",
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config(text1)),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(text2)),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
+def load_pretrained_pipeline(path: str, revision: str | None, variant: str | None, dtype: torch.dtype,
+                             vae_path: str | None = None) -> StableDiffusionXLPipeline:
+    """SDXL from a hub id, a local diffusers folder, or a single-file checkpoint; ModelLoadError otherwise.
+
+    Tries the local cache first so that a machine without network fails in seconds, not after retries.
+    """
+    attempts = []
+    is_file = path.endswith((".safetensors", ".ckpt"))
+    if is_file and not Path(path).is_file():
+        raise ModelLoadError(_missing_weights_message(path, [f"{path}: no such file"]))
+    if path.endswith(".ckpt"):
+        raise ModelLoadError(f"{path}: .ckpt files are pickles and are not loaded; convert to .safetensors first")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    tries = [True] if (is_file or offline or Path(path).is_dir()) else [True, False]
+    for local_only in tries:
+        try:
+            if is_file:
+                pipe = StableDiffusionXLPipeline.from_single_file(path, dtype=dtype, local_files_only=local_only)
+            else:
+                pipe = StableDiffusionXLPipeline.from_pretrained(
+                    path, revision=revision, variant=variant, dtype=dtype, local_files_only=local_only
+                )
+            break
+        except Exception as err:  # noqa: BLE001 - hub/IO errors come in many types; all mean "not loadable"
+            where = "local cache" if local_only else "model hub"
+            attempts.append(f"{path} from the {where}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+    else:
+        raise ModelLoadError(_missing_weights_message(path, attempts))
+    if vae_path:
+        pipe.vae = AutoencoderKL.from_pretrained(vae_path, dtype=dtype, local_files_only=offline)
+    return pipe
+
+
+def _missing_weights_message(path: str, attempts: list[str]) -> str:
+    tried = "\n".join(f"  - {a}" for a in attempts)
+    return (
+        f"Could not load the base model weights.\nTried:\n{tried}\n"
+        "Ways out:\n"
+        "  - point at weights you have: model.path=/path/to/sdxl-folder-or-file.safetensors\n"
+        "  - fetch them on a machine with internet: make weights\n"
+        "  - or run offline on the tiny random-weight model: model=tiny"
+    )
+
+
+def load_pipeline(model_cfg, device: torch.device) -> StableDiffusionXLPipeline:
+    """The base pipeline for a model config, frozen, on `device`, in the configured weights dtype."""
+    dtype = resolve_dtype(model_cfg.weights_dtype, device)
+    if model_cfg.kind == "pretrained":
+        pipe = load_pretrained_pipeline(model_cfg.path or SDXL_HUB_ID, model_cfg.revision, model_cfg.variant,
+                                        dtype, model_cfg.vae_path)
+    else:
+        pipe = build_random_pipeline(model_cfg.kind, model_cfg.init_seed)
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        module.requires_grad_(False)
+        module.eval()
+    return pipe.to(device)
+
+
+def model_id(model_cfg) -> str:
+    """The base-model identity recorded in adapters (adapters refuse to load onto another base model)."""
+    if model_cfg.kind == "pretrained":
+        return f"{model_cfg.path or SDXL_HUB_ID}@{model_cfg.revision or 'main'}"
+    return f"random-{model_cfg.kind}-seed{model_cfg.init_seed}"

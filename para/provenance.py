@@ -1,0 +1,55 @@
+"""What produced a result: git revision, package versions, device. Saved with every run and benchmark."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "hydra-core", "omegaconf",
+            "wandb", "torchmetrics", "open_clip_torch", "lpips", "pandas", "safetensors", "numpy")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_info(device: torch.device | str | None = None) -> dict[str, str | int | None]:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    info: dict[str, str | int | None] = {"device": str(device), "cpu": platform.processor() or platform.machine()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    info["threads"] = torch.get_num_threads()
+    return info
+
+
+def provenance(device: torch.device | str | None = None) -> dict:
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_sha": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        **device_info(device),
+    }

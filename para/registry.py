@@ -1,0 +1,15 @@
+"""The methods the harness can train. One name per method everywhere: this key = `conf/method/<name>.yaml` =
+run-folder segment = W&B group = the `method` column of tables."""
+
+from __future__ import annotations
+
+from baselines.dreambooth import DreamBooth
+from baselines.lora import Lora
+from para.adapter import PaRa
+from para.method import Method
+
+METHODS: dict[str, type[Method]] = {
+    "para": PaRa,
+    "lora": Lora,
+    "dreambooth": DreamBooth,
+}

@@ -1,0 +1,195 @@
+"""The one training loop every method runs through (SDXL noise-prediction loss, DESIGN.md).
+
+It knows nothing about PaRa, LoRA or DreamBooth: it receives the trainable parameters from `Method.attach`
+and saves `Method.state_dict`. All randomness of step s (photo, flip, latent sample, noise, timestep) comes
+from a generator seeded with (seed, s), so a run resumed from a checkpoint draws exactly what an
+uninterrupted run draws, without saving RNG state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, StableDiffusionXLPipeline
+from tqdm.auto import tqdm
+
+from para.checkpoint import latest_checkpoint, save_checkpoint
+from para.conditioning import Conditioning, SubjectLatents, encode_prompt
+from para.method import Method
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (non-finite loss, ...); the message says what to change."""
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]
+    wall_seconds: float
+    peak_memory_mb: float
+    resumed_from: int | None
+    step_seconds: list[float] = field(default_factory=list)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    if mixed_precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "no": None}[mixed_precision]
+
+
+def build_optimizer(params: list[torch.nn.Parameter], name: str, lr: float, weight_decay: float):
+    if name == "adamw":
+        fused = all(p.is_cuda for p in params)  # fused AdamW: one kernel for all tensors on CUDA
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise TrainingError("train.optimizer=adamw8bit needs bitsandbytes: pip install bitsandbytes") from err
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, weight_decay=weight_decay, relative_step=False, scale_parameter=False)
+    raise ValueError(f"unknown optimizer {name!r}; expected adamw, adamw8bit or adafactor")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated GPU memory, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Trainer:
+    """Trains `method` on one subject. `cfg` is the full run config (train.*, method.lr, steps, seed)."""
+
+    def __init__(self, pipe: StableDiffusionXLPipeline, method: Method, params: list[torch.nn.Parameter],
+                 cfg: Any, checkpoint_dir: Path | None = None, train_text: bool = False):
+        self.pipe, self.method, self.params, self.cfg = pipe, method, params, cfg
+        self.train_text = train_text  # text encoders train: the prompt is re-encoded (with grad) every step
+        self.unet = pipe.unet
+        self.device = self.unet.device
+        self.checkpoint_dir = checkpoint_dir
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise TrainingError(f"unsupported prediction type {self.noise_scheduler.config.prediction_type}")
+        tc = cfg.train
+        self.optimizer = build_optimizer(params, tc.optimizer, cfg.method.lr, tc.weight_decay)
+        warmup = tc.warmup_steps
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
+        )
+        self.amp_dtype = autocast_dtype(tc.mixed_precision, self.device)
+        self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
+        if tc.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+
+    def _loss(self, latents: torch.Tensor, cond: Conditioning, generator: torch.Generator) -> torch.Tensor:
+        batch = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (batch,), generator=generator).to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        dtype = self.unet.dtype
+        ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with ctx:
+            pred = self.unet(
+                noisy.to(dtype),
+                timesteps,
+                encoder_hidden_states=cond.prompt_embeds.expand(batch, -1, -1),
+                added_cond_kwargs={"text_embeds": cond.pooled.expand(batch, -1), "time_ids": cond.time_ids.expand(batch, -1)},
+            ).sample
+        return F.mse_loss(pred.float(), target.float())
+
+    def train(self, instance: SubjectLatents, prompt: str, resolution: int,
+              prior: tuple[SubjectLatents, str] | None = None, callbacks: list[StepCallback] = ()) -> TrainResult:
+        cfg, tc = self.cfg, self.cfg.train
+        cond = encode_prompt(self.pipe, prompt, resolution)
+        prior_cond = encode_prompt(self.pipe, prior[1], resolution) if prior else None
+        start, losses, resumed_from = self._resume() if cfg.resume else (0, [], None)
+        self.unet.train()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        step_seconds = []
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {self.method.name}",
+                   dynamic_ncols=True, disable=None)
+        for step in bar:
+            t_step = time.perf_counter()
+            generator = step_generator(cfg.seed, step)
+            if self.train_text or not tc.cache_latents:  # uncached: also measures what caching saves
+                cond = encode_prompt(self.pipe, prompt, resolution, grad=self.train_text)
+            loss = self._loss(instance.sample(generator, tc.batch_size), cond, generator)
+            if prior:
+                loss = loss + tc.prior_loss_weight * self._loss(prior[0].sample(generator, tc.batch_size),
+                                                                prior_cond, generator)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} at step {step}; lower method.lr (now {cfg.method.lr}), "
+                    "use train.mixed_precision=bf16 instead of fp16, or keep train.grad_clip on"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            grad_norm = self._clip()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.lr_schedule.step()
+            losses.append(loss.item())
+            step_seconds.append(time.perf_counter() - t_step)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            metrics = {"train/loss": losses[-1], "train/lr": self.lr_schedule.get_last_lr()[0],
+                       "train/grad_norm": grad_norm, "train/step_seconds": step_seconds[-1]}
+            for callback in callbacks:
+                callback(step + 1, metrics)
+            done = step + 1
+            if self.checkpoint_dir and tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < cfg.steps:
+                self.save_checkpoint(done, losses)
+        self.unet.eval()
+        wall = time.perf_counter() - t0
+        return TrainResult(losses, wall, peak_memory_mb(self.device), resumed_from, step_seconds)
+
+    def _clip(self) -> float:
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip else math.inf
+        return float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+
+    def save_checkpoint(self, step: int, losses: list[float]) -> Path:
+        return save_checkpoint(self.checkpoint_dir, step, self.method.state_dict(self.unet),
+                               self.optimizer.state_dict(), {"losses": losses}, self.cfg.train.keep_checkpoints)
+
+    def _resume(self) -> tuple[int, list[float], int | None]:
+        found = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
+        if found is None:
+            log.info("resume=true but no readable checkpoint in %s: starting from step 0", self.checkpoint_dir)
+            return 0, [], None
+        path, (trainable, optimizer, extra) = found
+        self.method.load_state_dict(self.unet, trainable)
+        self.optimizer.load_state_dict(optimizer)
+        step = int(extra["step"])
+        for _ in range(step):  # the LR schedule is a pure function of the step count
+            self.lr_schedule.step()
+        log.info("resumed from %s (step %d)", path, step)
+        return step, list(extra["losses"]), step

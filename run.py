@@ -1,0 +1,66 @@
+"""Train one method on one DreamBooth subject, sample the evaluation images, score them.
+
+    python run.py method=para subject=dog steps=200           # the paper's PaRa cell (SDXL 1.0 weights)
+    python run.py method=lora subject=dog model=tiny steps=20  # offline, random-weight SDXL-shaped model
+    python run.py -m method=para,lora subject=dog,cat          # a sweep: one run folder per cell
+
+Everything is composed by Hydra from conf/; see README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from para.config import register_configs
+from para.data import DataError
+from para.method import AdapterFileError
+from para.models import ModelLoadError
+
+register_configs()
+log = logging.getLogger("run")
+
+# Errors that are the user's to fix: print the message alone, no traceback.
+USER_ERRORS = (ModelLoadError, DataError, AdapterFileError, ValueError)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    from para.runner import execute
+
+    try:
+        metrics = execute(cfg)
+    except USER_ERRORS as err:
+        log.error("%s", err)
+        _remove_empty_run_dir()
+        if _is_multirun():
+            raise  # let the sweep record this cell as failed and go on with the others
+        sys.exit(2)
+    log.info("run folder: %s (status %s)", metrics.get("run_info", {}).get("run_dir"), metrics.get("status"))
+    return metrics
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _remove_empty_run_dir() -> None:
+    """Hydra creates the output folder before the job starts; leave nothing behind for a run that never began."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    while out.is_dir() and not any(out.iterdir()) and out != Path.cwd():
+        out.rmdir()
+        out = out.parent
+
+
+if __name__ == "__main__":
+    main()
