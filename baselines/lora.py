@@ -8,20 +8,16 @@ reloaded without it samples different images.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import LoraConfig
 from torch import Tensor, nn
 
-from para.method import Method
-from para.subsets import SUBSETS, select_modules
-
-ADAPTER = "default"
+from baselines.peft_adapter import ADAPTER, PeftAdapter
 
 
 @dataclass
@@ -35,13 +31,10 @@ class LoraMethodConfig:
     lr: float = 1e-4  # reading: the diffusers example's default
 
 
-class Lora(Method):
+class Lora(PeftAdapter):
     name = "lora"
     Config = LoraMethodConfig
-
-    def __init__(self, cfg: Any, base_model: str):
-        super().__init__(cfg, base_model)
-        self.targets: list[str] = []
+    param_marker = ".lora_"
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
@@ -49,40 +42,12 @@ class Lora(Method):
             raise ValueError(f"method.rank={cfg.rank} is out of range; expected an integer > 0")
         if cfg.scale < 0:
             raise ValueError(f"method.scale={cfg.scale} is out of range; expected >= 0")
-        if isinstance(cfg.subset, str) and cfg.subset not in SUBSETS:
-            raise ValueError(f"unknown layer subset {cfg.subset!r}; expected one of {sorted(SUBSETS)} or a list")
+        super().validate_config(cfg)
 
     def peft_config(self) -> LoraConfig:
-        # An anchored regex of the exact module names: peft full-matches a string target against each name.
-        pattern = "^(" + "|".join(re.escape(n) for n in self.targets) + ")$"
         init = True if self.cfg.init == "default" else self.cfg.init
         return LoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha or self.cfg.rank, init_lora_weights=init,
-                          target_modules=pattern)
-
-    def attach(self, unet: nn.Module) -> list[nn.Parameter]:
-        self.validate_config(self.cfg)
-        unet.requires_grad_(False)
-        self.targets = list(select_modules(unet, self.cfg.subset))
-        unet.add_adapter(self.peft_config(), adapter_name=ADAPTER)
-        params = [p for n, p in unet.named_parameters() if ".lora_" in n]
-        for p in params:  # trainable tensors in fp32 even when the frozen weights are bf16 (diffusers example)
-            p.data = p.data.float()
-            p.requires_grad_(True)
-        return params
-
-    def state_dict(self, unet: nn.Module) -> dict[str, Tensor]:
-        return get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-
-    def load_state_dict(self, unet: nn.Module, state: dict[str, Tensor]) -> None:
-        expected = self.state_dict(unet)
-        if set(state) != set(expected):
-            raise ValueError(f"LoRA state does not fit this UNet: {len(state)} tensors given, {len(expected)} expected")
-        for key, tensor in state.items():
-            if tensor.shape != expected[key].shape:
-                raise ValueError(f"{key}: saved shape {tuple(tensor.shape)} != {tuple(expected[key].shape)} here")
-        result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"LoRA state has keys this UNet lacks: {result.unexpected_keys[:3]}")
+                          target_modules=self.target_pattern())
 
     def summary(self) -> dict[str, Any]:
         return {"layers": len(self.targets), "rank": self.cfg.rank, "alpha": self.cfg.alpha or self.cfg.rank,
@@ -97,8 +62,7 @@ class Lora(Method):
         return {k.replace(f".{ADAPTER}.", "."): v for k, v in peft_state.items()}
 
     def metadata(self) -> dict[str, str]:
-        config = self.peft_config().to_dict()
-        config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+        config = self.peft_config_dict()
         # diffusers reads this key to rebuild the LoraConfig (rank, alpha, targets) in `load_lora_weights`.
         lora_meta = {f"unet.{k}": v for k, v in config.items() if k in ("r", "lora_alpha", "target_modules",
                                                                           "init_lora_weights")}

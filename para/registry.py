@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from baselines.dreambooth import DreamBooth
 from baselines.lora import Lora
+from baselines.lycoris import Loha, Lokr, Oft
+from baselines.para_authors import ParaAuthors
+from baselines.svdiff import SVDiff
 from para.adapter import PaRa
 from para.method import Method
 
@@ -12,4 +15,9 @@ METHODS: dict[str, type[Method]] = {
     "para": PaRa,
     "lora": Lora,
     "dreambooth": DreamBooth,
+    "svdiff": SVDiff,
+    "loha": Loha,
+    "lokr": Lokr,
+    "oft": Oft,
+    "para_authors": ParaAuthors,
 }

@@ -1,0 +1,75 @@
+"""Methods that are peft adapters injected into the UNet (`unet.add_adapter`): LoRA, LoHa, LoKr, OFT.
+
+A subclass names its trainable tensors (`param_marker`, e.g. ".lora_") and builds its peft config for the exact
+module names of the layer subset (`peft_config`); attaching, the state dict and loading are shared.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from peft import PeftConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from torch import Tensor, nn
+
+from para.method import Method
+from para.subsets import SUBSETS, select_modules
+
+ADAPTER = "default"
+
+
+class PeftAdapter(Method):
+    """Base of the peft methods. Subclasses set `param_marker` and implement `peft_config`."""
+
+    param_marker: ClassVar[str]  # substring of the names of the adapter's trainable tensors
+
+    def __init__(self, cfg: Any, base_model: str):
+        super().__init__(cfg, base_model)
+        self.targets: list[str] = []
+
+    @classmethod
+    def validate_config(cls, cfg: Any) -> None:
+        if isinstance(cfg.subset, str) and cfg.subset not in SUBSETS:
+            raise ValueError(f"unknown layer subset {cfg.subset!r}; expected one of {sorted(SUBSETS)} or a list")
+
+    def target_pattern(self) -> str:
+        """An anchored regex of the exact module names: peft full-matches a string target against each name."""
+        return "^(" + "|".join(re.escape(n) for n in self.targets) + ")$"
+
+    def peft_config(self) -> PeftConfig:
+        """The peft config for `self.targets` (set by `attach`)."""
+        raise NotImplementedError
+
+    def peft_config_dict(self) -> dict[str, Any]:
+        """The peft config as JSON-ready values (peft keeps target sets as Python sets)."""
+        config = self.peft_config().to_dict()
+        return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+
+    def select_targets(self, unet: nn.Module) -> list[str]:
+        """Module names of the subset; a subclass refuses here the layers its peft tuner cannot adapt."""
+        return list(select_modules(unet, self.cfg.subset))
+
+    def attach(self, unet: nn.Module) -> list[nn.Parameter]:
+        self.validate_config(self.cfg)
+        unet.requires_grad_(False)
+        self.targets = self.select_targets(unet)
+        unet.add_adapter(self.peft_config(), adapter_name=ADAPTER)
+        params = [p for n, p in unet.named_parameters() if self.param_marker in n]
+        for p in params:  # trainable tensors in fp32 even when the frozen weights are bf16 (diffusers example)
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        return params
+
+    def state_dict(self, unet: nn.Module) -> dict[str, Tensor]:
+        return get_peft_model_state_dict(unet, adapter_name=ADAPTER)
+
+    def load_state_dict(self, unet: nn.Module, state: dict[str, Tensor]) -> None:
+        expected = self.state_dict(unet)
+        if set(state) != set(expected):
+            raise ValueError(f"{self.name} state does not fit this UNet: {len(state)} tensors given, {len(expected)} expected")
+        for key, tensor in state.items():
+            if tensor.shape != expected[key].shape:
+                raise ValueError(f"{key}: saved shape {tuple(tensor.shape)} != {tuple(expected[key].shape)} here")
+        result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{self.name} state has keys this UNet lacks: {result.unexpected_keys[:3]}")

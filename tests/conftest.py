@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny SDXL-shaped models with random weights, composed configs, the real DreamBooth photos."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_ROOT = (REPO.parent / "shared" / "dreambooth" / "dataset").resolve()
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Overrides that make a full run take seconds: few steps, 1 prompt x 2 images, 2 DDIM steps, random eval nets.
+QUICK = [
+    "model=tiny", "logger=none", "steps=4", "sample.num_prompts=1", "sample.images_per_prompt=2",
+    "sample.steps=2", "eval.backbones=random", f"data.root={DATA_ROOT}",
+]
+
+
+def compose_config(*overrides: str):
+    """The run config exactly as `python run.py <overrides>` composes it (Hydra compose API)."""
+    from hydra import compose, initialize_config_dir
+
+    from para.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe_template():
+    from para.models import build_random_pipeline
+
+    return build_random_pipeline("tiny", seed=0)
+
+
+@pytest.fixture
+def tiny_pipe(tiny_pipe_template):
+    """A fresh deep copy per test: methods change the UNet in place."""
+    return copy.deepcopy(tiny_pipe_template)
+
+
+@pytest.fixture
+def quick_cfg(tmp_path):
+    def make(*overrides: str, run_dir: Path | None = None):
+        return compose_config(*QUICK, f"run_dir={run_dir or tmp_path / 'run'}", *overrides)
+
+    return make
