@@ -1,0 +1,118 @@
+"""End to end through the CLI and the runner: run folder, missing weights, no silent overwrite, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DATA_ROOT, QUICK, REPO
+from safetensors.torch import load_file
+
+from para.runner import execute
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_cli_run_writes_the_run_folder(tmp_path):
+    run_dir = tmp_path / "runs" / "para-dog"
+    proc = _cli("method=para", "subject=dog", *QUICK, f"hydra.run.dir={run_dir}", "eval.enabled=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("config.yaml", "adapter.safetensors", "metrics.json", "samples/prompts.json", "samples/p00_i00.png"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["method"] == "para" and metrics["subject"] == "dog"
+    assert metrics["steps"] == 4 and metrics["seed"] == 0 and metrics["trainable_params"] > 0
+    assert len(metrics["train_info"]["losses"]) == 4 and metrics["train_info"]["peak_memory_mb"] > 0
+    meta = metrics["meta_info"]
+    assert meta["base_weights_pretrained"] is False and "torch" in meta["packages"] and "git_sha" in meta
+    prompts = json.loads((run_dir / "samples/prompts.json").read_text())
+    assert prompts[0]["prompt"] == "a sks dog in the jungle" and prompts[0]["clean_prompt"] == "a dog in the jungle"
+
+
+def test_missing_weights_fail_fast_with_the_ways_out(tmp_path):
+    run_dir = tmp_path / "never"
+    start = time.monotonic()
+    proc = _cli("method=para", "subject=dog", "steps=200", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 2
+    assert time.monotonic() - start < 60
+    out = proc.stdout + proc.stderr
+    assert "stabilityai/stable-diffusion-xl-base-1.0" in out and "model.path=" in out and "model=tiny" in out
+    assert not run_dir.exists(), "nothing may be left behind by a run that never started"
+
+
+def test_missing_single_file_checkpoint_names_the_file(tmp_path):
+    proc = _cli("model.path=/nowhere/sdxl.safetensors", f"hydra.run.dir={tmp_path / 'x'}")
+    assert proc.returncode == 2 and "/nowhere/sdxl.safetensors" in proc.stdout + proc.stderr
+
+
+def test_finished_run_is_not_overwritten_unless_asked(quick_cfg, tmp_path):
+    cfg = quick_cfg("eval.enabled=false", "sample.enabled=false")
+    first = execute(cfg)
+    adapter = Path(cfg.run_dir) / "adapter.safetensors"
+    stamp = adapter.stat().st_mtime_ns
+    again = execute(quick_cfg("eval.enabled=false", "sample.enabled=false", "steps=4"))
+    assert again["finished_at"] == first["finished_at"] and adapter.stat().st_mtime_ns == stamp
+    redone = execute(quick_cfg("eval.enabled=false", "sample.enabled=false", "overwrite=true"))
+    assert redone["finished_at"] > first["finished_at"]
+
+
+def test_failed_run_records_status_failed(quick_cfg, monkeypatch):
+    from para import trainer
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(trainer.Trainer, "train", boom)
+    cfg = quick_cfg("eval.enabled=false")
+    with pytest.raises(RuntimeError, match="injected"):
+        execute(cfg)
+    metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "injected failure" in metrics["error"]
+
+
+def test_resume_after_sigkill_gives_the_same_adapter_and_losses(tmp_path):
+    """Kill -9 mid-training, restart with resume=true: same adapter and loss curve as an uninterrupted run."""
+    common = ["method=para", "subject=dog", *QUICK, "steps=24", "train.checkpoint_every=4", "sample.enabled=false",
+              "method.lr=1e-2"]
+    straight = tmp_path / "straight"
+    assert _cli(*common, f"hydra.run.dir={straight}").returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "run.py", *common, f"hydra.run.dir={killed}"], cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list((killed / "checkpoints").glob("step00000[8-9]")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "run ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "adapter.safetensors").exists()
+    resumed = _cli(*common, f"hydra.run.dir={killed}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = load_file(straight / "adapter.safetensors"), load_file(killed / "adapter.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] - b[key]).abs().max() < 1e-5, key
+    la = json.loads((straight / "metrics.json").read_text())["train_info"]
+    lb = json.loads((killed / "metrics.json").read_text())["train_info"]
+    assert lb["resumed_from"] >= 8
+    assert max(abs(x - y) for x, y in zip(la["losses"], lb["losses"], strict=True)) < 1e-5
+
+
+def test_data_root_setting_is_used(quick_cfg, tmp_path):
+    from para.data import DataError
+
+    with pytest.raises(DataError, match="data.root"):
+        execute(quick_cfg(f"data.root={tmp_path / 'nowhere'}"))
+    assert not (tmp_path / "run").exists()
+    assert DATA_ROOT.is_dir()
