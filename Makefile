@@ -59,3 +59,41 @@ param-table: $(STAMP) ## trainable parameters of PaRa vs LoRA on the real SDXL U
 .PHONY: clean-tiny
 clean-tiny: ## remove the tiny-model runs (runs/tiny)
 	rm -rf runs/tiny
+
+# ---------------------------------------------------------------------------------------------------------
+# Table 1. Targets are the per-run metrics.json files: finished cells are up to date, unfinished or failed
+# ones are re-made (with resume=true, from their last checkpoint). MODEL=tiny shrinks steps and sampling.
+ifeq ($(MODEL),sdxl)
+PARA_STEPS     ?= 200
+BASELINE_STEPS ?= 1000
+TABLE1_ARGS    ?=
+else
+PARA_STEPS     ?= 20
+BASELINE_STEPS ?= 100
+TABLE1_ARGS    ?= sample.num_prompts=5 sample.images_per_prompt=2 sample.steps=10
+endif
+RUN_PREFIX := runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)
+TABLE1_OUT ?= runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)table1
+LAUNCH_ARGS_local :=
+LAUNCH_ARGS_slurm := -m hydra/launcher=slurm
+steps_of = $(if $(filter para para_authors,$(1)),$(PARA_STEPS),$(BASELINE_STEPS))
+cell_path = $(RUN_PREFIX)$(1)/$(2)/steps$(call steps_of,$(1))-seed$(3)/metrics.json
+TABLE1_CELLS := $(foreach m,$(METHODS),$(foreach s,$(SUBJECTS),$(foreach k,$(SEEDS),$(call cell_path,$(m),$(s),$(k)))))
+UNFINISHED := $(shell for f in $(TABLE1_CELLS); do grep -qs '"status": "finished"' $$f || echo $$f; done)
+
+define table1_cell
+$(call cell_path,$(1),$(2),$(3)):
+	$(PY) run.py $(LAUNCH_ARGS_$(LAUNCHER)) +experiment=table1 method=$(1) subject=$(2) seed=$(3) \
+	  steps=$(call steps_of,$(1)) model=$(MODEL) eval.backbones=$(BACKBONES) logger=$(or $(LOGGER),none) \
+	  resume=true $(TABLE1_ARGS)
+endef
+$(foreach m,$(METHODS),$(foreach s,$(SUBJECTS),$(foreach k,$(SEEDS),$(eval $(call table1_cell,$(m),$(s),$(k))))))
+
+.PHONY: FORCE table1-cells reproduce-table1
+$(UNFINISHED): FORCE
+FORCE:
+table1-cells: $(TABLE1_CELLS)
+
+reproduce-table1: $(STAMP) ## Table 1: every method x subject x seed, then runs/table1/table1.{csv,md} + tradeoff.png
+	$(MAKE) -k table1-cells; status=$$?; \
+	$(PY) -m eval.table --runs $(RUN_PREFIX) --out $(TABLE1_OUT) --methods $(METHODS) && exit $$status

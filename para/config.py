@@ -115,12 +115,17 @@ class Config:
     run_dir: str = MISSING
 
 
+PAPER_STEPS = {"para": 200, "para_authors": 200}
+
+
 def register_configs() -> None:
     """Register the schemas under the names the YAML files extend (`<group>_schema`)."""
     from para.registry import METHODS
 
     # runs/<model>/... for models other than sdxl (see conf/config.yaml)
     OmegaConf.register_new_resolver("model_prefix", lambda name: "" if name == "sdxl" else f"{name}/", replace=True)
+    # The paper's step budgets (PAPER.md §4): PaRa 200 steps, every baseline 1000 (conf/experiment/table1.yaml).
+    OmegaConf.register_new_resolver("paper_steps", lambda method: PAPER_STEPS.get(method, 1000), replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="model_schema", node=ModelConfig)
