@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
-from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_dict_to_peft
+from diffusers.utils import convert_unet_state_dict_to_peft
 from peft import LoraConfig
 from torch import Tensor, nn
 
@@ -54,12 +54,16 @@ class Lora(PeftAdapter):
                 "scale": self.cfg.scale}
 
     def to_saved(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {f"unet.{k}": v for k, v in convert_state_dict_to_diffusers(state).items()}
+        # peft key names (`lora_A` / `lora_B`) under diffusers' `unet.` prefix. Not convert_state_dict_to_diffusers:
+        # it renames attention keys only (`lora.down`), and diffusers' loader then reads the mixed file as peft
+        # format and silently drops every attention LoRA (checked with diffusers 0.42 on conv + attention targets).
+        return {f"unet.{k}": v for k, v in state.items()}
 
     def from_saved(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         unet_state = {k.removeprefix("unet."): v for k, v in tensors.items() if k.startswith("unet.")}
-        peft_state = convert_unet_state_dict_to_peft(unet_state)
-        return {k.replace(f".{ADAPTER}.", "."): v for k, v in peft_state.items()}
+        if any(".lora.down." in k or ".lora.up." in k for k in unet_state):  # older diffusers-format files
+            unet_state = convert_unet_state_dict_to_peft(unet_state)
+        return {k.replace(f".{ADAPTER}.", "."): v for k, v in unet_state.items()}
 
     def metadata(self) -> dict[str, str]:
         config = self.peft_config_dict()
