@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> dict:
         if _is_multirun():
             raise  # let the sweep record this cell as failed and go on with the others
         sys.exit(2)
-    log.info("run folder: %s (status %s)", metrics.get("run_info", {}).get("run_dir"), metrics.get("status"))
+    log.info("run folder: %s (status %s)", metrics.get("run_dir"), metrics.get("status"))
     return metrics
 
 

@@ -11,7 +11,7 @@ W0 + ΔW, like the reference implementation (mkshing/svdiff-pytorch, `layers.py`
 forward: the cost is one m·k·n product per layer per step, independent of the number of tokens. Writing W0 + ΔW
 instead of U diag(ReLU(σ+δ)) Vᵀ keeps the layer bit-identical to the base model at δ = 0 and lets U, V be kept
 in the frozen weights' dtype (bf16 on GPU: their rounding only touches the small ΔW, never W0).
-Trainable parameters per layer: min(m, n·k²); on SDXL ExCA that is 385,600 (~16× fewer than PaRa r16 γ=1/40).
+Trainable parameters per layer: min(m, n·k²); on SDXL ExCA 384,640 (16× fewer than PaRa r16 γ=1/40).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class SVDiffLayer(DeltaLayer):
 
     def __init__(self, base: nn.Linear | nn.Conv2d):
         super().__init__(base)
-        with torch.no_grad(), torch.autocast(device_type=base.weight.device.type, enabled=False):
+        with torch.no_grad():  # float32 SVD: not implemented or unreliable in half precision
             u, s, vh = torch.linalg.svd(flat_weight(base).float(), full_matrices=False)  # (m,k) (k,) (k,n)
         dtype = base.weight.dtype
         self.register_buffer("svd_U", u.to(dtype), persistent=False)

@@ -27,7 +27,8 @@ def out_features(layer: nn.Linear | nn.Conv2d) -> int:
 
 def orthonormal_basis(b: Tensor) -> Tensor:
     """Q of the thin QR of B, always in float32: QR is unsupported or unreliable in bf16/fp16 (PAPER.md §1)."""
-    with torch.autocast(device_type=b.device.type, enabled=False):
+    # (meta tensors, used to count parameters without weights, have no autocast state of their own)
+    with torch.autocast(device_type="cpu" if b.is_meta else b.device.type, enabled=False):
         q, _ = torch.linalg.qr(b.float(), mode="reduced")
     return q
 

@@ -2,6 +2,12 @@
 
 Keys are namespaced: `train/loss`, `eval/clip_t`, `params/trainable`. The W&B run is finished in a `finally`
 by the caller, also when the run crashes (with a non-zero exit code, so the dashboard shows it failed).
+What a W&B run holds (para/README_WANDB_SECTION.md has the dashboard that reads it):
+
+- config: the resolved run config; summary: `params/*`, `eval/*` (the run's final scores);
+- history: `train/{loss,lr,grad_norm,step_seconds,it_per_s}`, `validation/samples` (one grid image per
+  `logger.sample_every` steps, fixed prompts and seeds) and `eval/per_prompt` (a table: prompt, image grid, scores);
+- artifact `adapter-<run name>` (type `adapter`): the adapter file, with its own metadata.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+SCORE_COLUMNS = ("dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim")
+
 
 class RunLogger(Protocol):
     def log(self, metrics: dict[str, Any], step: int) -> None: ...
@@ -21,6 +29,30 @@ class RunLogger(Protocol):
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None: ...
     def log_artifact(self, path: Path, name: str, kind: str, metadata: dict[str, Any]) -> None: ...
     def finish(self, exit_code: int = 0) -> None: ...
+
+
+def run_name(run_dir: Path) -> str:
+    """`tiny/para/dog/steps20-seed0` for `runs/tiny/para/dog/steps20-seed0`: the run folder below `runs/`."""
+    parts = Path(run_dir).parts
+    if "runs" in parts:
+        return "/".join(parts[len(parts) - parts[::-1].index("runs") :])
+    return "/".join(parts[-4:])  # a folder outside runs/ (tests): its method/subject/cell tail
+
+
+def image_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:
+    """One image holding `images` in a row (or `cols` per row): one W&B frame per step, not one per prompt."""
+    from diffusers.utils import make_image_grid
+
+    cols = cols or len(images)
+    rows = -(-len(images) // cols)
+    blank = Image.new("RGB", images[0].size)
+    return make_image_grid([*images, *[blank] * (rows * cols - len(images))], rows=rows, cols=cols)
+
+
+def with_rate(metrics: dict[str, float]) -> dict[str, float]:
+    """Adds `train/it_per_s` (training steps per second, from the step's own wall time)."""
+    seconds = metrics.get("train/step_seconds")
+    return {**metrics, "train/it_per_s": 1.0 / seconds} if seconds else metrics
 
 
 class JsonlLogger:
@@ -59,27 +91,42 @@ class JsonlLogger:
     def finish(self, exit_code: int = 0) -> None:
         self._write({"finished": True, "exit_code": exit_code})
 
+    def info(self) -> dict[str, Any]:
+        return {}
+
 
 class WandbLogger:
-    """W&B run: group = method, tags = subject / steps / seed, name = the run folder."""
+    """W&B run: group = method, tags = subject / steps / seed / model, name = the run folder below `runs/`.
 
-    def __init__(self, cfg: Any, run_dir: Path, config_dict: dict[str, Any]):
+    `resume_id`: the id of this run folder's earlier W&B run, so `resume=true` continues the same W&B run.
+    """
+
+    def __init__(self, cfg: Any, run_dir: Path, config_dict: dict[str, Any], resume_id: str | None = None):
         import wandb
 
         self.wandb = wandb
         self.run = wandb.init(
-            project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
-            group=cfg.method.name, job_type="train",
-            name=str(run_dir).replace("/", "_"), dir=str(run_dir), config=config_dict,
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            mode=cfg.logger.mode,
+            group=cfg.method.name,
+            job_type="train",
+            name=run_name(run_dir),
+            dir=str(run_dir),
+            config=config_dict,
             tags=[f"subject:{cfg.subject.name}", f"steps:{cfg.steps}", f"seed:{cfg.seed}", f"model:{cfg.model.name}"],
-            reinit="finish_previous",
+            id=resume_id,
+            resume="allow" if resume_id else None,
+            reinit="finish_previous",  # multirun cells in one process: never log into the previous cell's run
         )
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self.run.log(metrics, step=step)
 
     def log_images(self, key: str, images: list[Image.Image], captions: list[str], step: int) -> None:
-        self.run.log({key: [self.wandb.Image(im, caption=c) for im, c in zip(images, captions, strict=True)]}, step=step)
+        self.run.log(
+            {key: [self.wandb.Image(im, caption=c) for im, c in zip(images, captions, strict=True)]}, step=step
+        )
 
     def summary(self, values: dict[str, Any]) -> None:
         self.run.summary.update(values)
@@ -96,6 +143,20 @@ class WandbLogger:
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)
 
+    def info(self) -> dict[str, Any]:
+        """Where this run lives, for metrics.json (`wandb sync <dir>` uploads an offline run later)."""
+        return {
+            "wandb": {
+                "id": self.run.id,
+                "name": self.run.name,
+                "project": self.run.project,
+                "entity": self.run.entity or None,
+                "offline": self.run.offline,
+                "dir": str(Path(self.run.dir).resolve().parent),
+                "url": self.run.url,
+            }
+        }
+
 
 class MultiLogger:
     """Fans every call out to several loggers."""
@@ -110,9 +171,37 @@ class MultiLogger:
 
         return call
 
+    def info(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for logger in self.loggers:
+            merged.update(logger.info())
+        return merged
 
-def build_logger(cfg: Any, run_dir: Path, config_dict: dict[str, Any]) -> MultiLogger:
+
+def build_logger(cfg: Any, run_dir: Path, config_dict: dict[str, Any], previous: dict | None = None) -> MultiLogger:
+    """JSON lines always; W&B with `logger=wandb`. `previous`: the metrics.json being resumed, if any."""
     loggers: list[Any] = [JsonlLogger(run_dir / "log.jsonl")]
     if cfg.logger.name == "wandb":
-        loggers.append(WandbLogger(cfg, run_dir, config_dict))
+        resume_id = (previous or {}).get("wandb", {}).get("id") if cfg.resume else None
+        loggers.append(WandbLogger(cfg, run_dir, config_dict, resume_id))
     return MultiLogger(loggers)
+
+
+def log_scores(logger: Any, run_dir: Path, scores: dict[str, Any]) -> None:
+    """Final scores as `eval/*` summary values, and a per-prompt table (prompt, its images as one grid, scores)."""
+    logger.summary({f"eval/{k}": v for k, v in scores.items() if isinstance(v, int | float | bool)})
+    per_prompt = scores.get("per_prompt") or []
+    if not per_prompt:
+        return
+    samples = run_dir / "samples"
+    images = {e["prompt_index"]: e["images"] for e in json.loads((samples / "prompts.json").read_text())}
+    rows = []
+    for entry in per_prompt:
+        grid = image_grid([open_image(samples / name) for name in images[entry["prompt_index"]]])
+        rows.append([entry["prompt_index"], entry["prompt"], grid, *(entry.get(k) for k in SCORE_COLUMNS)])
+    logger.log_table("eval/per_prompt", ["prompt_index", "prompt", "images", *SCORE_COLUMNS], rows)
+
+
+def open_image(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")

@@ -21,6 +21,7 @@ from para.config import validate
 from para.conditioning import SubjectLatents
 from para.data import instance_prompt, load_subject_images
 from para.io import atomic_write_json, atomic_write_text, read_json
+from para.loggers import build_logger, image_grid, log_scores, open_image, run_name, with_rate
 from para.method import Method
 from para.models import load_pipeline, model_id, resolve_device
 from para.prompts import evaluation_prompts
@@ -107,16 +108,16 @@ class Run:
         atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         self.metrics = previous or {}
         self.write_metrics(
-            status="running", stage=self.metrics.get("stage", "started"), method=cfg.method.name,
+            status="running", stage=self.metrics.get("stage", "started"), run_dir=str(self.run_dir),
+            method=cfg.method.name,
             subject=cfg.subject.name, model=cfg.model.name, steps=cfg.steps, seed=cfg.seed, run_info=config_dict,
             meta_info={**provenance(device), "model_id": model_id(cfg.model), "model_kind": cfg.model.kind,
                        "base_weights_pretrained": cfg.model.kind == "pretrained"},
         )
-        from para.loggers import build_logger
-
-        logger = build_logger(cfg, self.run_dir, config_dict)
-        exit_code = 1
-        try:
+        exit_code, logger = 1, None
+        try:  # a logger that cannot start (W&B) also marks the run failed
+            logger = build_logger(cfg, self.run_dir, config_dict, previous)
+            self.write_metrics(**logger.info())
             self._pipeline(pipe, pixels, logger)
             exit_code = 0
         except BaseException as err:
@@ -126,7 +127,8 @@ class Run:
                 raise RuntimeError(f"{self.run_dir}: {OOM_HINT}") from err
             raise
         finally:
-            logger.finish(exit_code)
+            if logger is not None:
+                logger.finish(exit_code)  # the W&B run ends as failed (exit code 1) on any error
         return self.metrics
 
     def _pipeline(self, pipe, pixels, logger) -> None:
@@ -138,7 +140,8 @@ class Run:
         params += text_params
         n_params = sum(p.numel() for p in params)
         self.write_metrics(trainable_params=n_params)
-        logger.log({"params/trainable": n_params, "params/unet_total": sum(p.numel() for p in pipe.unet.parameters())}, 0)
+        unet_total = sum(p.numel() for p in pipe.unet.parameters())
+        logger.summary({"params/trainable": n_params, "params/unet_total": unet_total})
         adapter_path = self.run_dir / "adapter.safetensors"
         if self.metrics.get("stage") in ("trained", "sampled", "scored") and adapter_path.is_file():
             method.load_file(pipe.unet, adapter_path)
@@ -146,7 +149,8 @@ class Run:
         else:
             result = self._train(pipe, method, params, pixels, prior, logger, train_text=bool(text_params))
             method.save(pipe.unet, adapter_path)
-            logger.log_artifact(adapter_path, f"{cfg.method.name}-{cfg.subject.name}", "adapter", method.metadata())
+            artifact = "adapter-" + run_name(self.run_dir).replace("/", "-")  # one per cell; reruns = versions
+            logger.log_artifact(adapter_path, artifact, "adapter", method.metadata())
             self.write_metrics(stage="trained", train_info=_train_info(result, method))
         if cfg.sample.enabled:
             self._sample(pipe, method)
@@ -155,7 +159,7 @@ class Run:
 
             scores = score_run(self.run_dir, cfg.eval)
             self.write_metrics(stage="scored", scores=scores)
-            logger.summary({f"eval/{k}": v for k, v in scores.items() if isinstance(v, int | float | bool)})
+            log_scores(logger, self.run_dir, scores)
         self.write_metrics(status="finished", finished_at=time.time())
 
     def _train(self, pipe, method: Method, params, pixels, prior, logger, train_text: bool) -> TrainResult:
@@ -164,7 +168,7 @@ class Run:
         prompt = instance_prompt(cfg.data.prompt_template, cfg.data.token, cfg.subject.class_word)
         trainer = Trainer(pipe, method, params, cfg, checkpoint_dir=self.run_dir / "checkpoints",
                           train_text=train_text)
-        callbacks = [lambda step, m: logger.log(m, step) if step % cfg.train.log_every == 0 else None]
+        callbacks = [lambda step, m: logger.log(with_rate(m), step) if step % cfg.train.log_every == 0 else None]
         if cfg.logger.sample_every:
             callbacks.append(self._validation_callback(pipe, method, logger))
         return trainer.train(instance, prompt, self.resolution, prior=prior, callbacks=callbacks)
@@ -180,8 +184,8 @@ class Run:
             folder = self.run_dir / "validation" / f"step{step:06d}"
             generate(pipe, prompts, folder, seed=cfg.seed, images_per_prompt=1, steps=min(cfg.sample.steps, 25),
                      guidance=cfg.sample.guidance, resolution=self.resolution, batch_size=1, progress=False)
-            images = [_open(folder / f"p{p.index:02d}_i00.png") for p in prompts]
-            logger.log_images("validation/samples", images, [p.prompt for p in prompts], step)
+            grid = image_grid([open_image(folder / f"p{p.index:02d}_i00.png") for p in prompts])
+            logger.log_images("validation/samples", [grid], [" | ".join(p.prompt for p in prompts)], step)
             pipe.unet.train()
 
         return callback
@@ -202,20 +206,13 @@ class Run:
         """Class images from the base model (generated once per model and class, cached) for prior preservation."""
         cfg = self.cfg
         prompt = cfg.train.class_prompt_template.format(class_word=cfg.subject.class_word)
-        folder = Path("runs/class_images") / cfg.model.name / cfg.subject.class_word.replace(" ", "_")
+        folder = Path(cfg.train.class_images_dir) / cfg.model.name / cfg.subject.class_word.replace(" ", "_")
         spec = PromptSpec(0, prompt, prompt)
         generate(pipe, [spec], folder, seed=cfg.seed, images_per_prompt=cfg.train.num_class_images,
                  steps=cfg.sample.steps, guidance=cfg.sample.guidance, resolution=self.resolution,
                  batch_size=cfg.sample.batch_size, scheduler=cfg.sample.scheduler)
         pixels = load_subject_images(folder.parent, folder.name, self.resolution)
         return SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=True), prompt
-
-
-def _open(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.copy()
 
 
 def _train_info(result: TrainResult, method: Method) -> dict:

@@ -17,7 +17,7 @@ from eval.hub import BackboneUnavailable
 from eval.options import EvalOptions
 
 DATA_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "dreambooth" / "dataset"
-RANDOM = EvalOptions(backbones="random", device="cpu")
+RANDOM = EvalOptions(backbones="random")  # the options other eval tests use: one in-process load
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,18 @@ def test_options_from_objects_mappings_and_overrides():
         EvalOptions(backbones="fake")
 
 
+def test_options_accept_the_trainers_hydra_node():
+    """The lead's `para.config.EvalConfig` (a struct-mode DictConfig at run time) must read as is."""
+    from omegaconf import OmegaConf
+
+    from para.config import EvalConfig
+
+    node = OmegaConf.structured(EvalConfig(backbones="random", batch_size=3))
+    OmegaConf.set_struct(node, True)
+    opts = EvalOptions.from_any(node)
+    assert (opts.backbones, opts.batch_size, opts.lpips_size) == ("random", 3, EvalOptions().lpips_size)
+
+
 def test_random_backbones_are_deterministic_and_leave_the_global_rng_alone(photo):
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -63,16 +75,19 @@ def test_random_backbones_are_deterministic_and_leave_the_global_rng_alone(photo
     # ViT-S/16 shape: 12 layers, width 384, 6 heads, patch 16
     config = first.model.config
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.patch_size) == (
-        12, 384, 6, 16,
+        12,
+        384,
+        6,
+        16,
     )
 
 
 def test_random_clip_embeds_images_and_texts_in_one_space(photo):
     models = load_backbones(RANDOM)
     assert models.pretrained == {"dino": False, "clip": False, "lpips": models.lpips.pretrained}
-    images = models.clip.embed_images([photo, photo, photo])
+    images = models.clip.embed_images([photo])
     texts = models.clip.embed_texts(["a dog", "a dog in the jungle"])
-    assert images.shape == (3, 512) and texts.shape == (2, 512)
+    assert images.shape == (1, 512) and texts.shape == (2, 512)
     assert images.dtype == torch.float32 and texts.device.type == "cpu"
 
 
@@ -141,3 +156,27 @@ def test_transformers_clip_folder_goes_through_the_adapter(tmp_path, photo):
     with torch.no_grad():
         out = model.get_text_features(**clip.tokenize(["a dog"]))
     torch.testing.assert_close(texts[:1], as_embedding(out))
+
+
+def test_open_clip_checkpoint_file_loads_as_pretrained(tmp_path, photo):
+    """A local checkpoint path (the offline route for real CLIP weights), shown on a tiny registered arch."""
+    import open_clip
+
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
+    (tmp_path / "ParaEvalTiny.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "ParaEvalTiny.json")
+    torch.manual_seed(0)
+    reference = open_clip.create_model("ParaEvalTiny").eval()
+    torch.save(reference.state_dict(), tmp_path / "tiny.pt")
+
+    clip = load_clip(EvalOptions(clip_arch="ParaEvalTiny", clip_pretrained=str(tmp_path / "tiny.pt")))
+    assert clip.pretrained
+    with torch.no_grad():
+        expected_text = reference.encode_text(open_clip.get_tokenizer("ParaEvalTiny")(["a dog"]))
+        expected_image = reference.encode_image(clip.preprocess(photo)[None])
+    torch.testing.assert_close(clip.embed_texts(["a dog"]), expected_text)
+    torch.testing.assert_close(clip.embed_images([photo]), expected_image)

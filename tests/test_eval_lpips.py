@@ -89,6 +89,8 @@ def test_feature_reuse_matches_the_lpips_forward():
     with torch.no_grad():
         direct = torch.tensor([[scorer.model(x[i : i + 1], x[j : j + 1]).item() for j in range(3)] for i in range(2)])
     torch.testing.assert_close(matrix.float(), direct, atol=1e-5, rtol=1e-4)
+    reused = metrics.lpips_matrix(images[:2], metrics.lpips_features(scorer, images, 64), scorer, size=64)
+    torch.testing.assert_close(reused, matrix)
     assert scorer.pretrained
 
 

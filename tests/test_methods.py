@@ -20,7 +20,7 @@ from conftest import DATA_ROOT, compose_config
 
 ALL = sorted(METHODS)
 # Learning rates that move a random-weight tiny model visibly in a few steps (the defaults are for SDXL).
-FAST_LR = {"dreambooth": 1e-4, "para": 1e-2}
+FAST_LR = {"dreambooth": 1e-4, "para": 1e-2, "para_authors": 1e-2, "loha": 1e-2, "lokr": 1e-2, "svdiff": 3e-2}
 
 
 def _cfg(method: str, *extra: str):

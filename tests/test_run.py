@@ -145,3 +145,15 @@ def test_lora_file_reloads_in_stock_diffusers_to_the_same_images(quick_cfg, tiny
     other = generate(pipe, sample_prompts(cfg), run_dir / "scale1", seed=0, images_per_prompt=1,
                      steps=cfg.sample.steps, guidance=cfg.sample.guidance, resolution=64, batch_size=1, progress=False)
     assert np.abs(original - np.asarray(Image.open(other.parent / "p00_i00.png"), dtype=np.int16)).max() > 1
+
+
+def test_prior_preservation_class_images_are_generated_once(quick_cfg, tmp_path):
+    cache = tmp_path / "class_images"
+    common = ("method=dreambooth", "train.prior_loss_weight=1.0", "train.num_class_images=2", "eval.enabled=false",
+              "sample.enabled=false", "steps=2", f"train.class_images_dir={cache}")
+    first = execute(quick_cfg(*common))
+    images = sorted((cache / "tiny" / "dog").glob("*.png"))
+    assert len(images) == 2 and first["status"] == "finished"
+    stamps = [p.stat().st_mtime_ns for p in images]
+    execute(quick_cfg(*common, run_dir=tmp_path / "second"))
+    assert [p.stat().st_mtime_ns for p in images] == stamps, "class images must be reused, not regenerated"
