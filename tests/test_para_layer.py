@@ -144,3 +144,71 @@ def test_subset_counts_on_tiny_unet(tiny_pipe):
 
 def test_orthonormal_basis_is_float32_for_half_input():
     assert orthonormal_basis(torch.randn(8, 2, dtype=torch.bfloat16)).dtype == torch.float32
+
+
+def test_export_merged_unet_loads_in_stock_diffusers(quick_cfg, tmp_path):
+    """A PaRa run exported as a plain diffusers UNet gives the outputs of the PaRa model."""
+    from diffusers import UNet2DConditionModel
+    from omegaconf import OmegaConf
+
+    from para.export import export_merged_unet
+    from para.models import load_pipeline, model_id
+    from para.runner import execute
+
+    cfg = quick_cfg("method.lr=1e-2", "eval.enabled=false", "sample.enabled=false")
+    execute(cfg)
+    out = export_merged_unet(tmp_path / "run", tmp_path / "unet")
+    plain = UNet2DConditionModel.from_pretrained(out)
+    assert not any("para" in n for n, _ in plain.named_parameters())
+    run_cfg = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    pipe = load_pipeline(run_cfg.model, torch.device("cpu"))
+    para = PaRa(run_cfg.method, model_id(run_cfg.model))
+    para.attach(pipe.unet)
+    para.load_file(pipe.unet, tmp_path / "run" / "adapter.safetensors")
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([300])
+    emb, kw = torch.randn(1, 77, 96), {"text_embeds": torch.randn(1, 64), "time_ids": torch.ones(1, 6) * 64}
+    with torch.no_grad():
+        expected = pipe.unet(x, t, encoder_hidden_states=emb, added_cond_kwargs=kw).sample
+        got = plain(x, t, encoder_hidden_states=emb, added_cond_kwargs=kw).sample
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny_pipe):
+    from conftest import compose_config
+
+    from para.trainer import Trainer, TrainingError
+
+    cfg = compose_config("model=tiny", "run_dir=x", "steps=2")
+    para = PaRa(cfg.method, "x")
+    params = para.attach(tiny_pipe.unet)
+
+    class NaNLatents:
+        def sample(self, generator, batch):
+            return torch.full((batch, 4, 8, 8), float("nan"))
+
+    with pytest.raises(TrainingError, match="lower method.lr"):
+        Trainer(tiny_pipe, para, params, cfg).train(NaNLatents(), "a photo of sks dog", 64)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_pipe_template):
+    import copy
+
+    from conftest import compose_config
+
+    from para.conditioning import encode_prompt
+    from para.trainer import Trainer, step_generator
+
+    grads = []
+    for checkpointing in ("false", "true"):
+        pipe = copy.deepcopy(tiny_pipe_template)
+        cfg = compose_config("model=tiny", "run_dir=x", f"train.gradient_checkpointing={checkpointing}")
+        torch.manual_seed(0)
+        para = PaRa(cfg.method, "x")
+        params = para.attach(pipe.unet)
+        trainer = Trainer(pipe, para, params, cfg)
+        pipe.unet.train()
+        g = step_generator(0, 0)
+        loss = trainer._loss(torch.randn(1, 4, 8, 8, generator=g), encode_prompt(pipe, "a dog", 64), g)
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
