@@ -19,6 +19,7 @@ from para.config import register_configs
 from para.data import DataError
 from para.method import AdapterFileError
 from para.models import ModelLoadError
+from para.sweep import cell_failed
 
 register_configs()
 log = logging.getLogger("run")
@@ -33,11 +34,13 @@ def main(cfg: DictConfig) -> dict:
 
     try:
         metrics = execute(cfg)
-    except USER_ERRORS as err:
-        log.error("%s", err)
+    except Exception as err:
         _remove_empty_run_dir()
-        if _is_multirun():
-            raise  # let the sweep record this cell as failed and go on with the others
+        if _is_multirun():  # the sweep goes on; para.sweep.SweepReport lists the failed cells at the end
+            return cell_failed(err, traceback=not isinstance(err, USER_ERRORS))
+        if not isinstance(err, USER_ERRORS):
+            raise
+        log.error("%s", err)
         sys.exit(2)
     log.info("run folder: %s (status %s)", metrics.get("run_dir"), metrics.get("status"))
     return metrics

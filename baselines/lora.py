@@ -46,12 +46,20 @@ class Lora(PeftAdapter):
 
     def peft_config(self) -> LoraConfig:
         init = True if self.cfg.init == "default" else self.cfg.init
-        return LoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha or self.cfg.rank, init_lora_weights=init,
-                          target_modules=self.target_pattern())
+        return LoraConfig(
+            r=self.cfg.rank,
+            lora_alpha=self.cfg.alpha or self.cfg.rank,
+            init_lora_weights=init,
+            target_modules=self.target_pattern(),
+        )
 
     def summary(self) -> dict[str, Any]:
-        return {"layers": len(self.targets), "rank": self.cfg.rank, "alpha": self.cfg.alpha or self.cfg.rank,
-                "scale": self.cfg.scale}
+        return {
+            "layers": len(self.targets),
+            "rank": self.cfg.rank,
+            "alpha": self.cfg.alpha or self.cfg.rank,
+            "scale": self.cfg.scale,
+        }
 
     def to_saved(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         # peft key names (`lora_A` / `lora_B`) under diffusers' `unet.` prefix. Not convert_state_dict_to_diffusers:
@@ -68,10 +76,17 @@ class Lora(PeftAdapter):
     def metadata(self) -> dict[str, str]:
         config = self.peft_config_dict()
         # diffusers reads this key to rebuild the LoraConfig (rank, alpha, targets) in `load_lora_weights`.
-        lora_meta = {f"unet.{k}": v for k, v in config.items() if k in ("r", "lora_alpha", "target_modules",
-                                                                          "init_lora_weights")}
-        return {**super().metadata(), "format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(lora_meta, sort_keys=True),
-                "lora_scale": str(self.cfg.scale)}
+        lora_meta = {
+            f"unet.{k}": v
+            for k, v in config.items()
+            if k in ("r", "lora_alpha", "target_modules", "init_lora_weights")
+        }
+        return {
+            **super().metadata(),
+            "format": "pt",
+            LORA_ADAPTER_METADATA_KEY: json.dumps(lora_meta, sort_keys=True),
+            "lora_scale": str(self.cfg.scale),
+        }
 
     def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> None:
         unet.set_adapters([ADAPTER], weights=[self.cfg.scale])

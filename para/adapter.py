@@ -91,7 +91,9 @@ class PaRa(Method):
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise ValueError(f"PaRa state does not fit this UNet: missing {missing[:3]}…, unexpected {unexpected[:3]}…")
+            raise ValueError(
+                f"PaRa state does not fit this UNet: missing {missing[:3]}…, unexpected {unexpected[:3]}…"
+            )
         with torch.no_grad():
             for key, param in expected.items():
                 if state[key].shape != param.shape:

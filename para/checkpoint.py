@@ -47,8 +47,9 @@ def optimizer_from_tensors(tensors: dict[str, Tensor], meta: dict[str, str]) -> 
     return {"state": state, "param_groups": json.loads(meta["param_groups"])}
 
 
-def save_checkpoint(folder: Path, step: int, trainable: dict[str, Tensor], optimizer: dict[str, Any],
-                    extra: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(
+    folder: Path, step: int, trainable: dict[str, Tensor], optimizer: dict[str, Any], extra: dict[str, Any], keep: int
+) -> Path:
     """Write checkpoint `step` atomically and keep only the newest `keep` checkpoints."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step{step:06d}"

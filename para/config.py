@@ -42,6 +42,7 @@ class DataConfig:
     prompt_template: str = "a photo of {token} {class_word}"
     flip_p: float = 0.5  # horizontal-flip probability (latents of both orientations are cached)
     min_image_side: int = 16  # photos smaller than this are refused (a 1x1 image is almost surely a broken file)
+    images: list[str] | None = None  # train on these photo file names only (e.g. [00.jpg] for editing); None = all
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Config:
     resume: bool = False  # continue from the run folder's last checkpoint
     overwrite: bool = False  # replace a finished run folder (otherwise a finished run is left untouched)
     run_dir: str = MISSING
+    experiment: Any = None  # parameters of an `experiments/` command, set by conf/experiment/<name>.yaml
 
 
 PAPER_STEPS = {"para": 200, "para_authors": 200}

@@ -64,9 +64,21 @@ def to_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
-def load_subject_images(root: str | Path, subject: str, resolution: int, min_side: int = 16) -> torch.Tensor:
-    """All photos of a subject as a (N, 3, resolution, resolution) tensor in [-1, 1]."""
-    files = image_files(subject_dir(root, subject))
+def select_images(files: list[Path], names: list[str] | None) -> list[Path]:
+    """The photos named in `names` (data.images, e.g. one photo for single-image editing), or all when None."""
+    if names is None:
+        return files
+    by_name = {f.name: f for f in files}
+    missing = [n for n in names if n not in by_name]
+    if missing or not names:
+        raise DataError(f"data.images={list(names)} must name photos of {files[0].parent}; found {sorted(by_name)}")
+    return [by_name[n] for n in names]
+
+
+def load_subject_images(root: str | Path, subject: str, resolution: int, min_side: int = 16,
+                        images: list[str] | None = None) -> torch.Tensor:
+    """The photos of a subject (all, or those named in `images`) as a (N, 3, resolution, resolution) tensor."""
+    files = select_images(image_files(subject_dir(root, subject)), images)
     return torch.stack([to_tensor(center_square(load_rgb(f, min_side), resolution)) for f in files])
 
 

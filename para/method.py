@@ -133,4 +133,6 @@ def check_adapter_metadata(path: str | Path, metadata: dict[str, str], method: s
         raise AdapterFileError(f"{path} holds a {found_method!r} adapter, but method {method!r} was asked for")
     found_base = metadata.get("base_model")
     if found_base != base_model:
-        raise AdapterFileError(f"{path} was trained on base model {found_base!r}, but the model here is {base_model!r}")
+        raise AdapterFileError(
+            f"{path} was trained on base model {found_base!r}, but the model here is {base_model!r}"
+        )

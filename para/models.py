@@ -40,8 +40,14 @@ def resolve_device(device: str) -> torch.device:
 def resolve_dtype(weights_dtype: str, device: torch.device) -> torch.dtype:
     if weights_dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-              "float16": torch.float16, "fp16": torch.float16}
+    dtypes = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if weights_dtype not in dtypes:
         raise ValueError(f"model.weights_dtype={weights_dtype!r}; expected auto or one of {sorted(dtypes)}")
     return dtypes[weights_dtype]
@@ -71,7 +77,9 @@ def clip_tokenizer_files() -> tuple[str, str]:
 
 def _bytes_to_unicode() -> list[str]:
     """GPT-2/CLIP byte-to-unicode table (the printable stand-ins of the 256 byte values), in CLIP's order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -126,14 +134,26 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline
 
     def text_config(hidden: int) -> CLIPTextConfig:
         return CLIPTextConfig(
-            hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4, num_hidden_layers=3,
-            vocab_size=49408, max_position_embeddings=77, projection_dim=hidden, hidden_act="gelu",
-            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_attention_heads=4,
+            num_hidden_layers=3,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=hidden,
+            hidden_act="gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
         )
 
     scheduler = EulerDiscreteScheduler(  # SDXL base's training schedule (scaled-linear betas, 1000 steps)
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        steps_offset=1, timestep_spacing="leading",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
     )
     return StableDiffusionXLPipeline(
         vae=vae,
@@ -146,8 +166,9 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline
     )
 
 
-def load_pretrained_pipeline(path: str, revision: str | None, variant: str | None, dtype: torch.dtype,
-                             vae_path: str | None = None) -> StableDiffusionXLPipeline:
+def load_pretrained_pipeline(
+    path: str, revision: str | None, variant: str | None, dtype: torch.dtype, vae_path: str | None = None
+) -> StableDiffusionXLPipeline:
     """SDXL from a hub id, a local diffusers folder, or a single-file checkpoint; ModelLoadError otherwise.
 
     Tries the local cache first so that a machine without network fails in seconds, not after retries.
@@ -194,8 +215,9 @@ def load_pipeline(model_cfg, device: torch.device) -> StableDiffusionXLPipeline:
     """The base pipeline for a model config, frozen, on `device`, in the configured weights dtype."""
     dtype = resolve_dtype(model_cfg.weights_dtype, device)
     if model_cfg.kind == "pretrained":
-        pipe = load_pretrained_pipeline(model_cfg.path or SDXL_HUB_ID, model_cfg.revision, model_cfg.variant,
-                                        dtype, model_cfg.vae_path)
+        pipe = load_pretrained_pipeline(
+            model_cfg.path or SDXL_HUB_ID, model_cfg.revision, model_cfg.variant, dtype, model_cfg.vae_path
+        )
     else:
         pipe = build_random_pipeline(model_cfg.kind, model_cfg.init_seed)
         if dtype != torch.float32:

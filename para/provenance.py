@@ -10,8 +10,23 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "peft", "accelerate", "hydra-core", "omegaconf",
-            "wandb", "torchmetrics", "open_clip_torch", "lpips", "pandas", "safetensors", "numpy")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "peft",
+    "accelerate",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "torchmetrics",
+    "open_clip_torch",
+    "lpips",
+    "pandas",
+    "safetensors",
+    "numpy",
+)
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -43,13 +43,26 @@ def sampling_pipeline(pipe: StableDiffusionXLPipeline, scheduler: str) -> Stable
     return sampler
 
 
-def generate(pipe: StableDiffusionXLPipeline, prompts: list[PromptSpec], out_dir: Path, *, seed: int,
-             images_per_prompt: int, steps: int, guidance: float, resolution: int, batch_size: int,
-             scheduler: str = "ddim", progress: bool = True) -> Path:
+def generate(
+    pipe: StableDiffusionXLPipeline,
+    prompts: list[PromptSpec],
+    out_dir: Path,
+    *,
+    seed: int,
+    images_per_prompt: int,
+    steps: int,
+    guidance: float,
+    resolution: int,
+    batch_size: int,
+    scheduler: str = "ddim",
+    progress: bool = True,
+) -> Path:
     """Write `out_dir/pXX_iYY.png` and `out_dir/prompts.json`; returns the prompts.json path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     sampler = sampling_pipeline(pipe, scheduler)
-    jobs = [(p, i) for p in prompts for i in range(images_per_prompt) if not (out_dir / image_name(p.index, i)).exists()]
+    jobs = [
+        (p, i) for p in prompts for i in range(images_per_prompt) if not (out_dir / image_name(p.index, i)).exists()
+    ]
     bar = tqdm(total=len(jobs), desc="sample", disable=not progress or None, dynamic_ncols=True)
     # one batch = images of one prompt (the pipeline takes one prompt per call), at most batch_size of them
     by_prompt: dict[int, list[tuple[PromptSpec, int]]] = {}
@@ -62,16 +75,25 @@ def generate(pipe: StableDiffusionXLPipeline, prompts: list[PromptSpec], out_dir
             generators = [torch.Generator().manual_seed(image_seed(seed, spec.index, i)) for _, i in chunk]
             with torch.no_grad():
                 images = sampler(
-                    prompt=spec.prompt, num_images_per_prompt=len(chunk), generator=generators,
-                    num_inference_steps=steps, guidance_scale=guidance, height=resolution, width=resolution,
+                    prompt=spec.prompt,
+                    num_images_per_prompt=len(chunk),
+                    generator=generators,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    height=resolution,
+                    width=resolution,
                 ).images
             for (_, i), image in zip(chunk, images, strict=True):
                 _save_png(image, out_dir / image_name(spec.index, i))
             bar.update(len(chunk))
     bar.close()
     index = [
-        {"prompt_index": p.index, "prompt": p.prompt, "clean_prompt": p.clean_prompt,
-         "images": [image_name(p.index, i) for i in range(images_per_prompt)]}
+        {
+            "prompt_index": p.index,
+            "prompt": p.prompt,
+            "clean_prompt": p.clean_prompt,
+            "images": [image_name(p.index, i) for i in range(images_per_prompt)],
+        }
         for p in prompts
     ]
     return atomic_write_json(out_dir / "prompts.json", index)

@@ -37,7 +37,9 @@ def subset_patterns(subset: str | Iterable[str]) -> list[str]:
     """Patterns of a named subset, or the user's own list of regular expressions."""
     if isinstance(subset, str):
         if subset not in SUBSETS:
-            raise ValueError(f"unknown layer subset {subset!r}; expected one of {sorted(SUBSETS)} or a list of regexes")
+            raise ValueError(
+                f"unknown layer subset {subset!r}; expected one of {sorted(SUBSETS)} or a list of regexes"
+            )
         return SUBSETS[subset]
     patterns = [str(p) for p in subset]
     if not patterns:

@@ -82,8 +82,15 @@ def peak_memory_mb(device: torch.device) -> float:
 class Trainer:
     """Trains `method` on one subject. `cfg` is the full run config (train.*, method.lr, steps, seed)."""
 
-    def __init__(self, pipe: StableDiffusionXLPipeline, method: Method, params: list[torch.nn.Parameter],
-                 cfg: Any, checkpoint_dir: Path | None = None, train_text: bool = False):
+    def __init__(
+        self,
+        pipe: StableDiffusionXLPipeline,
+        method: Method,
+        params: list[torch.nn.Parameter],
+        cfg: Any,
+        checkpoint_dir: Path | None = None,
+        train_text: bool = False,
+    ):
         self.pipe, self.method, self.params, self.cfg = pipe, method, params, cfg
         self.train_text = train_text  # text encoders train: the prompt is re-encoded (with grad) every step
         self.unet = pipe.unet
@@ -120,12 +127,21 @@ class Trainer:
                 noisy.to(dtype),
                 timesteps,
                 encoder_hidden_states=cond.prompt_embeds.expand(batch, -1, -1),
-                added_cond_kwargs={"text_embeds": cond.pooled.expand(batch, -1), "time_ids": cond.time_ids.expand(batch, -1)},
+                added_cond_kwargs={
+                    "text_embeds": cond.pooled.expand(batch, -1),
+                    "time_ids": cond.time_ids.expand(batch, -1),
+                },
             ).sample
         return F.mse_loss(pred.float(), target.float())
 
-    def train(self, instance: SubjectLatents, prompt: str, resolution: int,
-              prior: tuple[SubjectLatents, str] | None = None, callbacks: list[StepCallback] = ()) -> TrainResult:
+    def train(
+        self,
+        instance: SubjectLatents,
+        prompt: str,
+        resolution: int,
+        prior: tuple[SubjectLatents, str] | None = None,
+        callbacks: list[StepCallback] = (),
+    ) -> TrainResult:
         cfg, tc = self.cfg, self.cfg.train
         cond = encode_prompt(self.pipe, prompt, resolution)
         prior_cond = encode_prompt(self.pipe, prior[1], resolution) if prior else None
@@ -135,8 +151,14 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         step_seconds = []
-        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {self.method.name}",
-                   dynamic_ncols=True, disable=None)
+        bar = tqdm(
+            range(start, cfg.steps),
+            initial=start,
+            total=cfg.steps,
+            desc=f"train {self.method.name}",
+            dynamic_ncols=True,
+            disable=None,
+        )
         for step in bar:
             t_step = time.perf_counter()
             generator = step_generator(cfg.seed, step)
@@ -144,8 +166,9 @@ class Trainer:
                 cond = encode_prompt(self.pipe, prompt, resolution, grad=self.train_text)
             loss = self._loss(instance.sample(generator, tc.batch_size), cond, generator)
             if prior:
-                loss = loss + tc.prior_loss_weight * self._loss(prior[0].sample(generator, tc.batch_size),
-                                                                prior_cond, generator)
+                loss = loss + tc.prior_loss_weight * self._loss(
+                    prior[0].sample(generator, tc.batch_size), prior_cond, generator
+                )
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} at step {step}; lower method.lr (now {cfg.method.lr}), "
@@ -160,8 +183,12 @@ class Trainer:
             losses.append(loss.item())
             step_seconds.append(time.perf_counter() - t_step)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            metrics = {"train/loss": losses[-1], "train/lr": self.lr_schedule.get_last_lr()[0],
-                       "train/grad_norm": grad_norm, "train/step_seconds": step_seconds[-1]}
+            metrics = {
+                "train/loss": losses[-1],
+                "train/lr": self.lr_schedule.get_last_lr()[0],
+                "train/grad_norm": grad_norm,
+                "train/step_seconds": step_seconds[-1],
+            }
             for callback in callbacks:
                 callback(step + 1, metrics)
             done = step + 1
@@ -177,8 +204,14 @@ class Trainer:
         return float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
 
     def save_checkpoint(self, step: int, losses: list[float]) -> Path:
-        return save_checkpoint(self.checkpoint_dir, step, self.method.state_dict(self.unet),
-                               self.optimizer.state_dict(), {"losses": losses}, self.cfg.train.keep_checkpoints)
+        return save_checkpoint(
+            self.checkpoint_dir,
+            step,
+            self.method.state_dict(self.unet),
+            self.optimizer.state_dict(),
+            {"losses": losses},
+            self.cfg.train.keep_checkpoints,
+        )
 
     def _resume(self) -> tuple[int, list[float], int | None]:
         found = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None

@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  FAILED: {type(err).__name__}: {first_line}")
             failed.append(name)
     if failed:
-        print(f"\n{len(failed)} item(s) could not be fetched: {', '.join(failed)}.\n"
-              "Is there internet access (and `huggingface-cli login` for gated repos)? "
-              "Alternatively copy the folders and set model.path=... / eval.dino=... to local paths.")
+        print(
+            f"\n{len(failed)} item(s) could not be fetched: {', '.join(failed)}.\n"
+            "Is there internet access (and `huggingface-cli login` for gated repos)? "
+            "Alternatively copy the folders and set model.path=... / eval.dino=... to local paths."
+        )
         return 1
     print("\nall weights cached; runs can now use HF_HUB_OFFLINE=1")
     return 0

@@ -19,8 +19,14 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # Overrides that make a full run take seconds: few steps, 1 prompt x 2 images, 2 DDIM steps, random eval nets.
 QUICK = [
-    "model=tiny", "logger=none", "steps=4", "sample.num_prompts=1", "sample.images_per_prompt=2",
-    "sample.steps=2", "eval.backbones=random", f"data.root={DATA_ROOT}",
+    "model=tiny",
+    "logger=none",
+    "steps=4",
+    "sample.num_prompts=1",
+    "sample.images_per_prompt=2",
+    "sample.steps=2",
+    "eval.backbones=random",
+    f"data.root={DATA_ROOT}",
 ]
 
 

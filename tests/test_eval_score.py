@@ -157,6 +157,13 @@ def test_image_count_mismatch_is_refused(tmp_path):
         score_run(run, {"backbones": "random"})
 
 
+def test_cli_reports_setup_problems_without_a_traceback(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    (run / "samples" / "prompts.json").unlink()
+    assert main([str(run), "--backbones", "random"]) == 2
+    assert "has no samples" in capsys.readouterr().err
+
+
 def test_a_folder_without_metrics_json_is_refused(tmp_path):
     with pytest.raises(ValueError, match="metrics.json is missing"):
         score_run(tmp_path, {"backbones": "random"})

@@ -80,6 +80,8 @@ def table(tmp_path_factory):
             for seed in (0, 1):
                 write_run(runs, method, subject, seed, data_root)
     write_run(runs, "dreambooth", "cat", 7, data_root, status="failed")
+    (runs / "broken").mkdir()
+    (runs / "broken" / "metrics.json").write_text("{not json")  # e.g. a run killed mid-write by an old writer
     prefill_cache(data_root, tmp / "cache")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -117,14 +119,15 @@ def test_random_backbones_banner_in_md_and_stdout(table):
 
 def test_failed_and_missing_cells_are_listed(table):
     out, stdout = table
-    failed = pd.read_csv(out / "failed_cells.csv")
+    failed = pd.read_csv(out / "failed_cells.csv").fillna("")
     assert set(zip(failed["method"], failed["subject"], failed["status"], strict=True)) == {
         ("dreambooth", "cat", "failed"),
         ("dreambooth", "duck_toy", "missing"),
+        ("", "", "unreadable"),
     }
     md = (out / "table1.md").read_text()
-    assert "Failed or missing cells (2)" in md and "dreambooth / duck_toy" in md
-    assert "2 failed or missing cells" in stdout
+    assert "Failed or missing cells (3)" in md and "dreambooth / duck_toy" in md and "broken" in md
+    assert "3 failed or missing cells" in stdout
 
 
 def test_paired_difference_and_kind_split(table):

@@ -86,8 +86,13 @@ def test_pickle_adapter_is_refused_without_loading(tmp_path):
         read_adapter_file(disguised)
 
 
-@pytest.mark.parametrize("field, value, names", [("method", "lora", ("'lora'", "'para'")),
-                                                ("base_model", "other-model", ("'other-model'", "'random-tiny-seed0'"))])
+@pytest.mark.parametrize(
+    "field, value, names",
+    [
+        ("method", "lora", ("'lora'", "'para'")),
+        ("base_model", "other-model", ("'other-model'", "'random-tiny-seed0'")),
+    ],
+)
 def test_adapter_for_another_method_or_base_is_refused(tiny_pipe, tmp_path, field, value, names):
     from para.adapter import PaRa
 
@@ -126,8 +131,21 @@ def test_reproduce_table1_remakes_only_unfinished_cells(tmp_path):
         for path, status in ((done, "finished"), (failed, "failed")):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"status": status}, indent=2))
-        plan = subprocess.run(["make", "-n", "table1-cells", "MODEL=tiny", "SUBJECTS=dog", "SEEDS=0",
-                               "METHODS=para lora", "BACKBONES=random"], cwd=REPO, capture_output=True, text=True)
+        plan = subprocess.run(
+            [
+                "make",
+                "-n",
+                "table1-cells",
+                "MODEL=tiny",
+                "SUBJECTS=dog",
+                "SEEDS=0",
+                "METHODS=para lora",
+                "BACKBONES=random",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert plan.returncode == 0, plan.stderr
         runs = [line for line in plan.stdout.splitlines() if "run.py" in line]
         assert len(runs) == 1 and "method=lora" in runs[0] and "resume=true" in runs[0]

@@ -9,14 +9,13 @@ import copy
 
 import pytest
 import torch
+from conftest import DATA_ROOT, compose_config
 
 from para.conditioning import SubjectLatents, encode_prompt
 from para.data import load_subject_images
 from para.models import model_id
 from para.registry import METHODS
 from para.trainer import Trainer, step_generator
-
-from conftest import DATA_ROOT, compose_config
 
 ALL = sorted(METHODS)
 # Learning rates that move a random-weight tiny model visibly in a few steps (the defaults are for SDXL).
@@ -25,8 +24,9 @@ FAST_LR = {"dreambooth": 1e-4, "para": 1e-2, "para_authors": 1e-2, "loha": 1e-2,
 
 def _cfg(method: str, *extra: str):
     lr = FAST_LR.get(method, 1e-3)
-    return compose_config("model=tiny", f"method={method}", f"method.lr={lr}", f"data.root={DATA_ROOT}",
-                          "run_dir=unused", *extra)
+    return compose_config(
+        "model=tiny", f"method={method}", f"method.lr={lr}", f"data.root={DATA_ROOT}", "run_dir=unused", *extra
+    )
 
 
 def _unet_inputs(pipe, seed: int = 0):
@@ -70,7 +70,9 @@ def _canonical(name: str) -> str:
 @pytest.mark.parametrize("name", ALL)
 def test_only_method_parameters_change(tiny_pipe, name):
     frozen_parts = ("vae", "text_encoder", "text_encoder_2")
-    frozen_before = {(part, k): v.clone() for part in frozen_parts for k, v in getattr(tiny_pipe, part).state_dict().items()}
+    frozen_before = {
+        (part, k): v.clone() for part in frozen_parts for k, v in getattr(tiny_pipe, part).state_dict().items()
+    }
     unet_before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
     method, params, trainer = _attach(tiny_pipe, name, 3)
     trainable = {id(p): p.detach().clone() for p in params}

@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_config
 from peft.tuners.lokr.layer import factorization
 from peft.tuners.oft.layer import Conv2d as PeftOftConv2d
 from torch import nn
@@ -27,8 +28,6 @@ from para.param_count import build_sdxl_unet_meta, lora_params
 from para.registry import METHODS
 from para.subsets import select_modules
 
-from conftest import compose_config
-
 LAYERS = {  # tall and wide matrices, a strided 3×3 conv with padding, a 1×1 conv
     "linear_tall": lambda: nn.Linear(24, 40),
     "linear_wide": lambda: nn.Linear(40, 12),
@@ -42,7 +41,11 @@ def _layer_and_input(kind: str) -> tuple[nn.Module, torch.Tensor]:
     layer = LAYERS[kind]()
     with torch.no_grad():
         layer.bias.normal_()  # a visible bias, so "the bias is not projected" is tested
-    x = torch.randn(3, 5, layer.in_features) if isinstance(layer, nn.Linear) else torch.randn(2, layer.in_channels, 9, 9)
+    x = (
+        torch.randn(3, 5, layer.in_features)
+        if isinstance(layer, nn.Linear)
+        else torch.randn(2, layer.in_channels, 9, 9)
+    )
     return layer, x
 
 
@@ -55,8 +58,12 @@ def _unet_out(pipe) -> torch.Tensor:
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     cond = encode_prompt(pipe, "a photo of sks dog", 64)
     with torch.no_grad():
-        return pipe.unet(latents, torch.tensor([500]), encoder_hidden_states=cond.prompt_embeds,
-                         added_cond_kwargs={"text_embeds": cond.pooled, "time_ids": cond.time_ids}).sample
+        return pipe.unet(
+            latents,
+            torch.tensor([500]),
+            encoder_hidden_states=cond.prompt_embeds,
+            added_cond_kwargs={"text_embeds": cond.pooled, "time_ids": cond.time_ids},
+        ).sample
 
 
 # --- svdiff -------------------------------------------------------------------------------------------------

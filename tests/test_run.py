@@ -20,8 +20,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBU
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_cli_run_writes_the_run_folder(tmp_path):
@@ -81,17 +82,30 @@ def test_failed_run_records_status_failed(quick_cfg, monkeypatch):
     assert metrics["status"] == "failed" and "injected failure" in metrics["error"]
 
 
-@pytest.mark.parametrize("method", ["para", pytest.param("lora", marks=pytest.mark.slow),
-                                    pytest.param("dreambooth", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "method",
+    ["para", pytest.param("lora", marks=pytest.mark.slow), pytest.param("dreambooth", marks=pytest.mark.slow)],
+)
 def test_resume_after_sigkill_gives_the_same_adapter_and_losses(tmp_path, method):
     """Kill -9 mid-training, restart with resume=true: same adapter and loss curve as an uninterrupted run."""
-    common = [f"method={method}", "subject=dog", *QUICK, "steps=24", "train.checkpoint_every=4",
-              "sample.enabled=false"]
+    common = [
+        f"method={method}",
+        "subject=dog",
+        *QUICK,
+        "steps=24",
+        "train.checkpoint_every=4",
+        "sample.enabled=false",
+    ]
     straight = tmp_path / "straight"
     assert _cli(*common, f"hydra.run.dir={straight}").returncode == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "run.py", *common, f"hydra.run.dir={killed}"], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", *common, f"hydra.run.dir={killed}"],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while not list((killed / "checkpoints").glob("step00000[8-9]")) and time.monotonic() < deadline:
         assert proc.poll() is None, "run ended before it could be killed"
@@ -136,21 +150,48 @@ def test_lora_file_reloads_in_stock_diffusers_to_the_same_images(quick_cfg, tiny
     pipe = copy.deepcopy(tiny_pipe_template)
     pipe.load_lora_weights(str(run_dir), weight_name="adapter.safetensors", adapter_name="subject")
     pipe.set_adapters(["subject"], adapter_weights=[2.2])
-    out = generate(pipe, sample_prompts(cfg), run_dir / "reloaded", seed=0, images_per_prompt=1,
-                   steps=cfg.sample.steps, guidance=cfg.sample.guidance, resolution=64, batch_size=1, progress=False)
+    out = generate(
+        pipe,
+        sample_prompts(cfg),
+        run_dir / "reloaded",
+        seed=0,
+        images_per_prompt=1,
+        steps=cfg.sample.steps,
+        guidance=cfg.sample.guidance,
+        resolution=64,
+        batch_size=1,
+        progress=False,
+    )
     original = np.asarray(Image.open(run_dir / "samples" / "p00_i00.png"), dtype=np.int16)
     reloaded = np.asarray(Image.open(out.parent / "p00_i00.png"), dtype=np.int16)
     assert np.abs(original - reloaded).max() <= 1
     pipe.set_adapters(["subject"], adapter_weights=[1.0])  # the scale matters: without 2.2 the images differ
-    other = generate(pipe, sample_prompts(cfg), run_dir / "scale1", seed=0, images_per_prompt=1,
-                     steps=cfg.sample.steps, guidance=cfg.sample.guidance, resolution=64, batch_size=1, progress=False)
+    other = generate(
+        pipe,
+        sample_prompts(cfg),
+        run_dir / "scale1",
+        seed=0,
+        images_per_prompt=1,
+        steps=cfg.sample.steps,
+        guidance=cfg.sample.guidance,
+        resolution=64,
+        batch_size=1,
+        progress=False,
+    )
     assert np.abs(original - np.asarray(Image.open(other.parent / "p00_i00.png"), dtype=np.int16)).max() > 1
 
 
 def test_prior_preservation_class_images_are_generated_once(quick_cfg, tmp_path):
     cache = tmp_path / "class_images"
-    common = ("method=dreambooth", "train.prior_loss_weight=1.0", "train.num_class_images=2", "eval.enabled=false",
-              "sample.enabled=false", "steps=2", f"train.class_images_dir={cache}")
+    common = (
+        "method=dreambooth",
+        "train.prior_loss_weight=1.0",
+        "train.num_class_images=2",
+        "eval.enabled=false",
+        "sample.enabled=false",
+        "steps=2",
+        f"train.class_images_dir={cache}",
+    )
     first = execute(quick_cfg(*common))
     images = sorted((cache / "tiny" / "dog").glob("*.png"))
     assert len(images) == 2 and first["status"] == "finished"
