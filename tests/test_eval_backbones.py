@@ -69,9 +69,9 @@ def test_random_backbones_are_deterministic_and_leave_the_global_rng_alone(photo
     first = load_dino(RANDOM)
     assert torch.equal(torch.rand(3), expected)
     second = load_dino(RANDOM)
-    a, b = first([photo]), second([photo])
-    assert a.shape == (1, 384) and not first.pretrained
-    torch.testing.assert_close(a, b)
+    for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert first([photo]).shape == (1, 384) and not first.pretrained
     # ViT-S/16 shape: 12 layers, width 384, 6 heads, patch 16
     config = first.model.config
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.patch_size) == (
@@ -158,7 +158,7 @@ def test_transformers_clip_folder_goes_through_the_adapter(tmp_path, photo):
     torch.testing.assert_close(texts[:1], as_embedding(out))
 
 
-def test_open_clip_checkpoint_file_loads_as_pretrained(tmp_path, photo):
+def test_open_clip_checkpoint_file_loads_as_pretrained(tmp_path, photo, monkeypatch):
     """A local checkpoint path (the offline route for real CLIP weights), shown on a tiny registered arch."""
     import open_clip
 
@@ -180,3 +180,21 @@ def test_open_clip_checkpoint_file_loads_as_pretrained(tmp_path, photo):
         expected_image = reference.encode_image(clip.preprocess(photo)[None])
     torch.testing.assert_close(clip.embed_texts(["a dog"]), expected_text)
     torch.testing.assert_close(clip.embed_images([photo]), expected_image)
+
+    # The same file found in the Hugging Face cache under an open_clip tag (how `openai` loads offline).
+    tag_cfg = {"hf_hub": "para-test/tiny/", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "quick_gelu": False}
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda arch, tag: tag_cfg if tag == "paratag" else {})
+    monkeypatch.setattr(backbones, "cached_hub_file", lambda repo, names: str(tmp_path / "tiny.pt"))
+    tagged = load_clip(EvalOptions(clip_arch="ParaEvalTiny", clip_pretrained="paratag"))
+    assert tagged.pretrained and tagged.preprocess.transforms[-1].mean == (0.5, 0.5, 0.5)  # the tag's normalisation
+    torch.testing.assert_close(tagged.embed_texts(["a dog"]), expected_text)
+
+
+def test_dino_preprocessing_is_resize_256_crop_224_imagenet_norm():
+    from eval.embedders import IMAGENET_MEAN, IMAGENET_STD, dino_transform
+
+    wide = Image.new("RGB", (512, 256), (124, 116, 104))  # ~ the ImageNet mean colour
+    x = dino_transform()(wide)
+    assert x.shape == (3, 224, 224)
+    expected = [(c / 255 - m) / s for c, m, s in zip((124, 116, 104), IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    torch.testing.assert_close(x.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-3, rtol=0)

