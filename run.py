@@ -43,7 +43,25 @@ def main(cfg: DictConfig) -> dict:
         log.error("%s", err)
         sys.exit(2)
     log.info("run folder: %s (status %s)", metrics.get("run_dir"), metrics.get("status"))
+    _print_scores(metrics)
     return metrics
+
+
+def _print_scores(metrics: dict) -> None:
+    scores = metrics.get("scores") or {}
+    shown = {
+        k: scores[k] for k in ("dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim") if scores.get(k) is not None
+    }
+    if shown:
+        log.info("scores: %s", "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
+    random_parts = [k for k, ok in (scores.get("backbones_pretrained") or {}).items() if not ok]
+    if random_parts or not metrics.get("meta_info", {}).get("base_weights_pretrained", True):
+        log.warning(
+            "RANDOM WEIGHTS (base model: %s; eval backbones: %s): these numbers test the plumbing only and are "
+            "not comparable with any paper.",
+            metrics.get("model"),
+            ", ".join(random_parts) or "pretrained",
+        )
 
 
 def _is_multirun() -> bool:
