@@ -103,8 +103,12 @@ class Lokr(LycorisAdapter):
         super().validate_config(cfg)
 
     def peft_config(self) -> PeftConfig:
-        return LoKrConfig(r=self.cfg.rank, alpha=self.cfg.alpha or self.cfg.rank,
-                          decompose_factor=self.cfg.decompose_factor, target_modules=self.target_pattern())
+        return LoKrConfig(
+            r=self.cfg.rank,
+            alpha=self.cfg.alpha or self.cfg.rank,
+            decompose_factor=self.cfg.decompose_factor,
+            target_modules=self.target_pattern(),
+        )
 
 
 def oft_input_dim(module: nn.Module) -> int:
@@ -117,8 +121,9 @@ def oft_input_dim(module: nn.Module) -> int:
 def rotated_weight(weight: Tensor, rotation: OFTRotationModule) -> Tensor:
     """W0 Rᵀ for peft's block-diagonal R, block by block: what peft's OFT `merge` writes into the weight."""
     # peft has no public per-block accessor; `get_weight` builds the dense block-diagonal matrix instead.
-    blocks = rotation._cayley_batch(rotation.weight, rotation.block_size, rotation.use_cayley_neumann,
-                                    rotation.num_cayley_neumann_terms)  # (r or 1 when shared, b, b)
+    blocks = rotation._cayley_batch(
+        rotation.weight, rotation.block_size, rotation.use_cayley_neumann, rotation.num_cayley_neumann_terms
+    )  # (r or 1 when shared, b, b)
     w = weight.reshape(weight.shape[0], -1, rotation.block_size)  # (m, r, b)
     blocks = blocks.expand(w.shape[1], -1, -1)
     return torch.einsum("mrk,rck->mrc", w.to(blocks.dtype), blocks).reshape(weight.shape)
@@ -155,13 +160,19 @@ class Oft(LycorisAdapter):
         bad = {n: oft_input_dim(m) for n, m in modules.items() if oft_input_dim(m) % self.cfg.block_size}
         if bad:
             name, dim = next(iter(bad.items()))
-            raise ValueError(f"method.block_size={self.cfg.block_size} does not divide the input dimension {dim} of "
-                             f"{name} ({len(bad)} such layers); choose a divisor of every layer's input dimension")
+            raise ValueError(
+                f"method.block_size={self.cfg.block_size} does not divide the input dimension {dim} of "
+                f"{name} ({len(bad)} such layers); choose a divisor of every layer's input dimension"
+            )
         return list(modules)
 
     def peft_config(self) -> PeftConfig:
-        return OFTConfig(r=0, oft_block_size=self.cfg.block_size, use_cayley_neumann=self.cfg.cayley_neumann,
-                         target_modules=self.target_pattern())
+        return OFTConfig(
+            r=0,
+            oft_block_size=self.cfg.block_size,
+            use_cayley_neumann=self.cfg.cayley_neumann,
+            target_modules=self.target_pattern(),
+        )
 
     def attach(self, unet: nn.Module) -> list[nn.Parameter]:
         params = super().attach(unet)

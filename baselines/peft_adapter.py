@@ -66,7 +66,9 @@ class PeftAdapter(Method):
     def load_state_dict(self, unet: nn.Module, state: dict[str, Tensor]) -> None:
         expected = self.state_dict(unet)
         if set(state) != set(expected):
-            raise ValueError(f"{self.name} state does not fit this UNet: {len(state)} tensors given, {len(expected)} expected")
+            raise ValueError(
+                f"{self.name} state does not fit this UNet: {len(state)} tensors given, {len(expected)} expected"
+            )
         for key, tensor in state.items():
             if tensor.shape != expected[key].shape:
                 raise ValueError(f"{key}: saved shape {tuple(tensor.shape)} != {tuple(expected[key].shape)} here")

@@ -10,8 +10,9 @@ about what a LoRA of the same rank costs. The bias is not projected (authors' co
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from para.para_function import ConvArgs, frozen_output, para_projection
 
 INITS = ("gaussian", "weakest")
 
@@ -77,27 +78,24 @@ class PaRaLayer(nn.Module):
     def basis(self) -> Tensor:
         return orthonormal_basis(self.para_B)
 
-    def _frozen_forward(self, x: Tensor) -> Tensor:
-        """h = W0 x without the bias (the bias is added after the projection, unprojected)."""
+    def _conv_args(self) -> ConvArgs:
+        """None for Linear; (stride, padding, dilation, groups) for Conv2d."""
         if isinstance(self.base, nn.Linear):
-            return F.linear(x, self.base.weight)
+            return None
         conv = self.base
         if conv.padding_mode != "zeros":
             raise NotImplementedError("PaRa supports zero-padded convolutions (all of SDXL's)")
-        return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return conv.stride, conv.padding, conv.dilation, conv.groups
 
-    def _project_out(self, h: Tensor, q: Tensor) -> Tensor:
-        """h − Q(Qᵀh) over the feature axis (last for Linear, channels for Conv2d)."""
-        q = q.to(h.dtype)
-        if isinstance(self.base, nn.Linear):
-            return h - (h @ q) @ q.T  # (..., m) @ (m, r) -> (..., r) -> (..., m)
-        coeffs = torch.einsum("bchw,cr->brhw", h, q)  # (B, r, H, W)
-        return h - torch.einsum("brhw,cr->bchw", coeffs, q)
+    def _frozen_forward(self, x: Tensor) -> Tensor:
+        """h = W0 x without the bias (the bias is added after the projection, unprojected)."""
+        return frozen_output(x, self.base.weight, self._conv_args())
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged:
             return self.base(x)
-        y = self._project_out(self._frozen_forward(x), self.basis())
+        # h − Q(Qᵀh); while training, through a function that saves x and Qᵀh instead of h (para_function.py).
+        y = para_projection(x, self.basis(), self.base.weight, self._conv_args())
         bias = self.base.bias
         if bias is None:
             return y

@@ -105,16 +105,20 @@ class LayerwiseMethod(Method):
         return layers
 
     def state_dict(self, unet: nn.Module) -> dict[str, Tensor]:
-        return {f"{name}.{key}": p for name, layer in self.layers(unet).items()
-                for key, p in layer.named_parameters(recurse=False)}
+        return {
+            f"{name}.{key}": p
+            for name, layer in self.layers(unet).items()
+            for key, p in layer.named_parameters(recurse=False)
+        }
 
     def load_state_dict(self, unet: nn.Module, state: dict[str, Tensor]) -> None:
         expected = self.state_dict(unet)
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise ValueError(f"{self.name} state does not fit this UNet: missing {missing[:3]}…, "
-                             f"unexpected {unexpected[:3]}…")
+            raise ValueError(
+                f"{self.name} state does not fit this UNet: missing {missing[:3]}…, unexpected {unexpected[:3]}…"
+            )
         with torch.no_grad():
             for key, param in expected.items():
                 if state[key].shape != param.shape:

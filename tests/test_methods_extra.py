@@ -214,11 +214,16 @@ SDXL_EXCA = {
 }
 
 
+@pytest.fixture(scope="module")
+def sdxl_meta():
+    return build_sdxl_unet_meta()
+
+
 @pytest.mark.parametrize("name", sorted(SDXL_EXCA))
-def test_sdxl_exca_trainable_params(name):
+def test_sdxl_exca_trainable_params(sdxl_meta, name):
     expected, formula = SDXL_EXCA[name]
     cfg = compose_config(f"method={name}", "run_dir=unused").method
-    unet = build_sdxl_unet_meta()
+    unet = copy.deepcopy(sdxl_meta)  # methods change the UNet in place
     modules = select_modules(unet, "noxattn")
     if formula is not None:
         assert sum(formula(m, cfg) for m in modules.values()) == expected
