@@ -88,8 +88,9 @@ class Lora(PeftAdapter):
             "lora_scale": str(self.cfg.scale),
         }
 
-    def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> None:
+    def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> bool:
         unet.set_adapters([ADAPTER], weights=[self.cfg.scale])
+        return False  # peft layers stay unmerged; the scale applies either way
 
     def finish_sampling(self, unet: nn.Module) -> None:
         unet.set_adapters([ADAPTER], weights=[1.0])

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from para.layers import INITS, PaRaLayer, initial_b, out_features
-from para.method import Method
-from para.subsets import SUBSETS, select_modules
+from para.layerwise import LayerwiseMethod
 
 
 @dataclass
@@ -40,77 +39,37 @@ def effective_rank(rank: int, width: int, gamma: float | None) -> int:
     return min(rank, max(1, math.floor(width * gamma + 1e-9)))
 
 
-class PaRa(Method):
+class PaRa(LayerwiseMethod):
     name = "para"
     Config = ParaConfig
+    layer_type = PaRaLayer
 
     def __init__(self, cfg: Any, base_model: str):
         super().__init__(cfg, base_model)
-        self.ranks: dict[str, int] = {}
+        self.ranks: dict[str, int] = {}  # effective rank per layer, recorded in the adapter metadata
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
+        super().validate_config(cfg)
         if cfg.rank <= 0:
             raise ValueError(f"method.rank={cfg.rank} is out of range; expected an integer > 0")
         if cfg.gamma is not None and not 0 < cfg.gamma <= 1:
             raise ValueError(f"method.gamma={cfg.gamma} is out of range; expected (0, 1] or null to disable")
         if cfg.init not in INITS:
             raise ValueError(f"unknown PaRa init {cfg.init!r}; expected one of {list(INITS)}")
-        if isinstance(cfg.subset, str) and cfg.subset not in SUBSETS:
-            raise ValueError(f"unknown layer subset {cfg.subset!r}; expected one of {sorted(SUBSETS)} or a list")
 
-    def attach(self, unet: nn.Module) -> list[nn.Parameter]:
-        self.validate_config(self.cfg)
-        unet.requires_grad_(False)
-        params = []
-        for name, module in select_modules(unet, self.cfg.subset).items():
-            width = out_features(module)
-            rank = effective_rank(self.cfg.rank, width, self.cfg.gamma)
-            if rank >= width:
-                raise ValueError(
-                    f"method.rank={rank} is out of range for layer {name} with {width} outputs; need rank < {width}"
-                )
-            b = initial_b(module, rank, self.cfg.init, self.cfg.init_std, torch.default_generator)
-            layer = PaRaLayer(module, b)
-            unet.set_submodule(name, layer)
-            self.ranks[name] = rank
-            params.append(layer.para_B)
-        return params
-
-    def layers(self, unet: nn.Module) -> dict[str, PaRaLayer]:
-        layers = {name: unet.get_submodule(name) for name in self.ranks}
-        if not all(isinstance(layer, PaRaLayer) for layer in layers.values()):
-            raise RuntimeError("PaRa.layers() called on a UNet this PaRa instance did not attach to")
-        return layers
-
-    def state_dict(self, unet: nn.Module) -> dict[str, Tensor]:
-        return {f"{name}.para_B": layer.para_B for name, layer in self.layers(unet).items()}
-
-    def load_state_dict(self, unet: nn.Module, state: dict[str, Tensor]) -> None:
-        expected = self.state_dict(unet)
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
+    def wrap(self, name: str, module: nn.Linear | nn.Conv2d) -> PaRaLayer:
+        width = out_features(module)
+        rank = effective_rank(self.cfg.rank, width, self.cfg.gamma)
+        if rank >= width:
             raise ValueError(
-                f"PaRa state does not fit this UNet: missing {missing[:3]}…, unexpected {unexpected[:3]}…"
+                f"method.rank={rank} is out of range for layer {name} with {width} outputs; need rank < {width}"
             )
-        with torch.no_grad():
-            for key, param in expected.items():
-                if state[key].shape != param.shape:
-                    raise ValueError(f"{key}: saved shape {tuple(state[key].shape)} != {tuple(param.shape)} here")
-                param.copy_(state[key])
+        self.ranks[name] = rank
+        return PaRaLayer(module, initial_b(module, rank, self.cfg.init, self.cfg.init_std, torch.default_generator))
 
     def summary(self) -> dict[str, Any]:
         return {"layers": len(self.ranks), "ranks": self.ranks}
-
-    def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> None:
-        if merge:
-            for layer in self.layers(unet).values():
-                layer.merge()
-
-    def finish_sampling(self, unet: nn.Module) -> None:
-        for layer in self.layers(unet).values():
-            layer.unmerge()
 
 
 def unwrap_merged(unet: nn.Module) -> nn.Module:

@@ -128,10 +128,11 @@ class LayerwiseMethod(Method):
     def summary(self) -> dict[str, Any]:
         return {"layers": len(self.names)}
 
-    def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> None:
+    def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> bool:
         if merge:
             for layer in self.layers(unet).values():
                 layer.merge()
+        return merge
 
     def finish_sampling(self, unet: nn.Module) -> None:
         for layer in self.layers(unet).values():

@@ -66,8 +66,9 @@ class Method:
         return {}
 
     # --- sampling -------------------------------------------------------------------------------------
-    def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> None:
-        """Put the UNet in its inference form (e.g. merge weights, set the LoRA scale)."""
+    def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> bool:
+        """Put the UNet in its inference form (e.g. merge weights, set the LoRA scale); True if weights merged."""
+        return False
 
     def finish_sampling(self, unet: nn.Module) -> None:
         """Undo `prepare_for_sampling` so training can continue."""
