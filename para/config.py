@@ -9,6 +9,7 @@ type (`steps=abc`) fails at composition time with Hydra's message, and out-of-ra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -137,6 +138,18 @@ def register_configs() -> None:
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)
     for name, method in METHODS.items():
         cs.store(group="method", name=f"{name}_schema", node=method.Config)
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The run config exactly as `python run.py <overrides>` composes it (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:

@@ -177,6 +177,29 @@ def lora_peft_count(model: nn.Module, subset: str | Iterable[str], rank: int) ->
     return sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
 
 
+def method_table(model: nn.Module) -> pd.DataFrame:
+    """Trainable parameters of every registered method with its YAML defaults, attached to (a copy of) `model`."""
+    import copy
+
+    from para.config import compose_config
+    from para.registry import METHODS
+
+    rows = []
+    for name, method_cls in METHODS.items():
+        cfg = compose_config(f"method={name}", "run_dir=unused").method
+        unet = copy.deepcopy(model)  # methods change the UNet in place
+        params = method_cls(cfg, "sdxl").attach(unet)
+        rows.append(
+            {
+                "method": name,
+                "subset": cfg.get("subset", "all"),
+                "rank": cfg.get("rank") or "–",
+                "trainable_params": sum(p.numel() for p in params),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m para.param_count", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/param_count", help="output folder (default: %(default)s)")
@@ -207,6 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "param_count.csv", index=False)
+    methods = method_table(model)
+    methods.to_csv(out / "methods.csv", index=False)
+    md += "\n\n## Every method with its defaults (conf/method/*.yaml), SDXL UNet\n\n" + methods.to_markdown(
+        index=False, intfmt=","
+    )
     (out / "param_count.md").write_text(md)
     print(md)
     print(f"wrote {out / 'param_count.csv'} and {out / 'param_count.md'}")

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from para.config import compose_config  # noqa: F401 (re-exported for the tests)
+
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = (REPO.parent / "shared" / "dreambooth" / "dataset").resolve()
 
@@ -28,17 +30,6 @@ QUICK = [
     "eval.backbones=random",
     f"data.root={DATA_ROOT}",
 ]
-
-
-def compose_config(*overrides: str):
-    """The run config exactly as `python run.py <overrides>` composes it (Hydra compose API)."""
-    from hydra import compose, initialize_config_dir
-
-    from para.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.fixture(scope="session")
