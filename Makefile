@@ -74,8 +74,12 @@ TABLE1_ARGS    ?= sample.num_prompts=5 sample.images_per_prompt=2 sample.steps=1
 endif
 RUN_PREFIX := runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)
 TABLE1_OUT ?= runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)table1
-LAUNCH_ARGS_local :=
-LAUNCH_ARGS_slurm := -m hydra/launcher=slurm
+# LAUNCHER=local: cells one after another in this process; processes: one local process per cell through
+# hydra-submitit-launcher (the SLURM code path on one machine); slurm: one SLURM job per cell (SLURM_ARGS).
+SLURM_ARGS ?=
+LAUNCH_ARGS_local     :=
+LAUNCH_ARGS_processes := -m hydra/launcher=processes
+LAUNCH_ARGS_slurm     := -m hydra/launcher=slurm $(SLURM_ARGS)
 steps_of = $(if $(filter para para_authors,$(1)),$(PARA_STEPS),$(BASELINE_STEPS))
 cell_path = $(RUN_PREFIX)$(1)/$(2)/steps$(call steps_of,$(1))-seed$(3)/metrics.json
 TABLE1_CELLS := $(foreach m,$(METHODS),$(foreach s,$(SUBJECTS),$(foreach k,$(SEEDS),$(call cell_path,$(m),$(s),$(k)))))
@@ -97,3 +101,62 @@ table1-cells: $(TABLE1_CELLS)
 reproduce-table1: $(STAMP) ## Table 1: every method x subject x seed, then runs/table1/table1.{csv,md} + tradeoff.png
 	$(MAKE) -k table1-cells; status=$$?; \
 	$(PY) -m eval.table --runs $(RUN_PREFIX) --out $(TABLE1_OUT) --methods $(METHODS) && exit $$status
+
+# ---------------------------------------------------------------------------------------------------------
+# W&B and cluster sweeps (README "Cluster / W&B"). LAUNCHER=processes runs each cell as its own local process
+# through hydra-submitit-launcher (the SLURM code path on one machine); SLURM_ARGS passes cluster settings, e.g.
+#   make reproduce-table1 LAUNCHER=slurm LOGGER=wandb SLURM_ARGS="hydra.launcher.partition=gpu hydra.launcher.account=me"
+WANDB_ENTITY  ?=
+WANDB_PROJECT ?= para
+ifeq ($(filter $(LAUNCHER),local processes slurm),)
+$(error LAUNCHER=$(LAUNCHER): expected local, processes or slurm)
+endif
+
+.PHONY: dashboard
+dashboard: $(STAMP) ## create the W&B report + workspace comparing methods (WANDB_ENTITY=..., after `wandb login`)
+	@test -n "$(WANDB_ENTITY)" || { echo "set WANDB_ENTITY=<your W&B user or team>"; exit 2; }
+	$(PY) -m para.dashboard --entity $(WANDB_ENTITY) --project $(WANDB_PROJECT) --model $(MODEL) --workspace
+
+.PHONY: wandb-sync
+wandb-sync: $(STAMP) ## upload offline W&B runs (WANDB_MODE=offline on compute nodes) from runs/ once online
+	$(VENV)/bin/wandb sync --yes $(if $(WANDB_ENTITY),-e $(WANDB_ENTITY)) \
+	  $$(find $(RUN_PREFIX) -path '*/wandb/offline-run-*' -prune -type d | sort)
+
+# ---------------------------------------------------------------------------------------------------------
+# The paper's other experiments (PAPER.md §5, experiments/README_SECTION.md). Each is one command writing
+# runs/[<model>/]<experiment>/: images, a table (CSV + markdown), grid.png and provenance.json. Parameters and
+# expected outcomes: conf/experiment/<experiment>.yaml; EXP_ARGS adds Hydra overrides, e.g.
+#   make multi-subject EXP_ARGS="experiment.subjects=[cat,pink_sunglasses] experiment.para_ranks=[2,32]"
+# MODEL=tiny (with BACKBONES=random) shrinks training, sampling and the sweeps to a few-minute plumbing check.
+ifeq ($(MODEL),sdxl)
+EXP_SAMPLE     ?=
+ABLATION_ARGS  ?=
+STUDY_SUBJECTS ?= [dog,cat,backpack,teapot]
+else
+EXP_SAMPLE     ?= sample.num_prompts=2 sample.images_per_prompt=2 sample.steps=10
+ABLATION_ARGS  ?= experiment.subjects=[dog] experiment.ranks=[1,4,16] experiment.subsets=[noxattn,selfattn] \
+                  experiment.steps_curve=[5,$(PARA_STEPS)]
+STUDY_SUBJECTS ?= [dog]
+endif
+EXP_ARGS ?=
+EXP_BASE  = model=$(MODEL) eval.backbones=$(BACKBONES) logger=$(or $(LOGGER),none)
+
+.PHONY: multi-subject para-lora edit ablations study-sheet
+multi-subject: $(STAMP) ## two PaRa adapters combined without retraining (concat/sequential/additive) vs two LoRAs
+	$(PY) -m experiments.multi_subject $(EXP_BASE) $(EXP_SAMPLE) experiment.para_steps=$(PARA_STEPS) \
+	  experiment.lora_steps=$(BASELINE_STEPS) $(EXP_ARGS)
+
+para-lora: $(STAMP) ## PaRa + an existing LoRA file, both orders: (I−QQᵀ)W0 + s·BA vs (I−QQᵀ)(W0 + s·BA)
+	$(PY) -m experiments.para_lora $(EXP_BASE) $(EXP_SAMPLE) experiment.para_steps=$(PARA_STEPS) \
+	  experiment.lora_steps=$(BASELINE_STEPS) $(EXP_ARGS)
+
+edit: $(STAMP) ## single-image editing: train on one photo, sample edits; SSIM over seeds, LPIPS, CLIP vs one-shot LoRA
+	$(PY) -m experiments.edit $(EXP_BASE) $(EXP_SAMPLE) experiment.steps=$(PARA_STEPS) $(EXP_ARGS)
+
+ablations: $(STAMP) ## Hydra multirun sweeps: PaRa rank, γ on/off, layer subset, PaRa/LoRA steps curve → table + plots
+	$(PY) -m experiments.ablations $(EXP_BASE) $(EXP_SAMPLE) experiment.para_steps=$(PARA_STEPS) $(ABLATION_ARGS) \
+	  $(EXP_ARGS)
+
+study-sheet: $(STAMP) ## user-study HTML sheet: PaRa vs LoRA side by side, shuffled sides, separate answer key
+	$(PY) -m experiments.study_sheet $(EXP_BASE) $(TABLE1_ARGS) experiment.subjects=$(STUDY_SUBJECTS) \
+	  experiment.steps=[$(PARA_STEPS),$(BASELINE_STEPS)] $(EXP_ARGS)

@@ -7,12 +7,14 @@ What a W&B run holds (para/README_WANDB_SECTION.md has the dashboard that reads 
 - config: the resolved run config; summary: `params/*`, `eval/*` (the run's final scores);
 - history: `train/{loss,lr,grad_norm,step_seconds,it_per_s}`, `validation/samples` (one grid image per
   `logger.sample_every` steps, fixed prompts and seeds) and `eval/per_prompt` (a table: prompt, image grid, scores);
-- artifact `adapter-<run name>` (type `adapter`): the adapter file, with its own metadata.
+- artifact `adapter-<run name>` (type `adapter`): the adapter file with its own metadata (files over
+  `UPLOAD_LIMIT_BYTES`, i.e. DreamBooth's full UNet, as a `file://` reference instead of an upload).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 SCORE_COLUMNS = ("dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim")
+UPLOAD_LIMIT_BYTES = 1 << 30  # adapter files above this are logged as references to the local file
 
 
 class RunLogger(Protocol):
@@ -33,10 +36,15 @@ class RunLogger(Protocol):
 
 def run_name(run_dir: Path) -> str:
     """`tiny/para/dog/steps20-seed0` for `runs/tiny/para/dog/steps20-seed0`: the run folder below `runs/`."""
-    parts = Path(run_dir).parts
+    parts = [p for p in Path(run_dir).parts if p != Path(run_dir).anchor]
     if "runs" in parts:
         return "/".join(parts[len(parts) - parts[::-1].index("runs") :])
-    return "/".join(parts[-4:])  # a folder outside runs/ (tests): its method/subject/cell tail
+    return "/".join(parts[-3:])  # a folder outside runs/ (tests): its last three levels
+
+
+def artifact_name(run_dir: Path) -> str:
+    """`adapter-tiny-para-dog-steps20-seed0`: one artifact per run folder (W&B allows [A-Za-z0-9._-])."""
+    return "adapter-" + re.sub(r"[^A-Za-z0-9._-]+", "-", run_name(run_dir)).strip("-")
 
 
 def image_grid(images: list[Image.Image], cols: int | None = None) -> Image.Image:
@@ -137,7 +145,11 @@ class WandbLogger:
 
     def log_artifact(self, path: Path, name: str, kind: str, metadata: dict[str, Any]) -> None:
         artifact = self.wandb.Artifact(name=name, type=kind, metadata=metadata)
-        artifact.add_file(str(path))
+        if Path(path).stat().st_size > UPLOAD_LIMIT_BYTES:
+            # DreamBooth saves the whole UNet (~5 GB in bf16 for SDXL): record it by path and checksum, no upload
+            artifact.add_reference(Path(path).resolve().as_uri())
+        else:
+            artifact.add_file(str(path))
         self.run.log_artifact(artifact)
 
     def finish(self, exit_code: int = 0) -> None:

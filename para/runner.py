@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from para.config import validate
 from para.conditioning import SubjectLatents
+from para.config import validate
 from para.data import instance_prompt, load_subject_images
 from para.io import atomic_write_json, atomic_write_text, read_json
-from para.loggers import build_logger, image_grid, log_scores, open_image, run_name, with_rate
+from para.loggers import artifact_name, build_logger, image_grid, log_scores, open_image, with_rate
 from para.method import Method
 from para.models import load_pipeline, model_id, resolve_device
 from para.prompts import evaluation_prompts
@@ -101,7 +101,8 @@ class Run:
         torch.manual_seed(cfg.seed)
         # Everything that can fail on bad input happens before the run folder is touched.
         pipe = load_pipeline(cfg.model, device)
-        pixels = load_subject_images(cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side)
+        pixels = load_subject_images(cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side,
+                                     cfg.data.images)
         previous = _prepare_folder(self.run_dir, cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_dict = OmegaConf.to_container(cfg, resolve=True)
@@ -149,8 +150,7 @@ class Run:
         else:
             result = self._train(pipe, method, params, pixels, prior, logger, train_text=bool(text_params))
             method.save(pipe.unet, adapter_path)
-            artifact = "adapter-" + run_name(self.run_dir).replace("/", "-")  # one per cell; reruns = versions
-            logger.log_artifact(adapter_path, artifact, "adapter", method.metadata())
+            logger.log_artifact(adapter_path, artifact_name(self.run_dir), "adapter", method.metadata())
             self.write_metrics(stage="trained", train_info=_train_info(result, method))
         if cfg.sample.enabled:
             self._sample(pipe, method)
@@ -192,7 +192,7 @@ class Run:
 
     def _sample(self, pipe, method: Method) -> None:
         cfg, sc = self.cfg, self.cfg.sample
-        method.prepare_for_sampling(pipe.unet, merge=sc.merge)
+        merged = method.prepare_for_sampling(pipe.unet, merge=sc.merge)
         t0 = time.perf_counter()
         try:
             generate(pipe, sample_prompts(cfg), self.run_dir / "samples", seed=cfg.seed,
@@ -200,7 +200,7 @@ class Run:
                      resolution=sc.resolution or self.resolution, batch_size=sc.batch_size, scheduler=sc.scheduler)
         finally:
             method.finish_sampling(pipe.unet)
-        self.write_metrics(stage="sampled", sample_info={"seconds": time.perf_counter() - t0, "merged": sc.merge})
+        self.write_metrics(stage="sampled", sample_info={"seconds": time.perf_counter() - t0, "merged": merged})
 
     def _prior(self, pipe) -> tuple[SubjectLatents, str]:
         """Class images from the base model (generated once per model and class, cached) for prior preservation."""
