@@ -83,7 +83,8 @@ LAUNCH_ARGS_slurm     := -m hydra/launcher=slurm $(SLURM_ARGS)
 steps_of = $(if $(filter para para_authors,$(1)),$(PARA_STEPS),$(BASELINE_STEPS))
 cell_path = $(RUN_PREFIX)$(1)/$(2)/steps$(call steps_of,$(1))-seed$(3)/metrics.json
 TABLE1_CELLS := $(foreach m,$(METHODS),$(foreach s,$(SUBJECTS),$(foreach k,$(SEEDS),$(call cell_path,$(m),$(s),$(k)))))
-UNFINISHED := $(shell for f in $(TABLE1_CELLS); do grep -qs '"status": "finished"' $$f || echo $$f; done)
+UNFINISHED := $(shell for f in $(TABLE1_CELLS); do grep -qs '"status": "finished"' $$f && grep -qs '"scores"' $$f \
+                || echo $$f; done)
 
 define table1_cell
 $(call cell_path,$(1),$(2),$(3)):
@@ -100,7 +101,7 @@ table1-cells: $(TABLE1_CELLS)
 
 reproduce-table1: $(STAMP) ## Table 1: every method x subject x seed, then runs/table1/table1.{csv,md} + tradeoff.png
 	$(MAKE) -k table1-cells; status=$$?; \
-	$(PY) -m eval.table --runs $(RUN_PREFIX) --out $(TABLE1_OUT) --methods $(METHODS) && exit $$status
+	$(PY) -m eval.table --cells $(TABLE1_CELLS) --out $(TABLE1_OUT) --methods $(METHODS) && exit $$status
 
 # ---------------------------------------------------------------------------------------------------------
 # W&B and cluster sweeps (README "Cluster / W&B"). LAUNCHER=processes runs each cell as its own local process
@@ -160,3 +161,22 @@ ablations: $(STAMP) ## Hydra multirun sweeps: PaRa rank, γ on/off, layer subset
 study-sheet: $(STAMP) ## user-study HTML sheet: PaRa vs LoRA side by side, shuffled sides, separate answer key
 	$(PY) -m experiments.study_sheet $(EXP_BASE) $(TABLE1_ARGS) experiment.subjects=$(STUDY_SUBJECTS) \
 	  experiment.steps=[$(PARA_STEPS),$(BASELINE_STEPS)] $(EXP_ARGS)
+
+# ---------------------------------------------------------------------------------------------------------
+# Performance (issue 8): targets are the result files, re-made when the code they measure changes; `make -B bench`
+# re-measures anyway. BENCH_ARGS / PEER_ARGS add flags, e.g. BENCH_ARGS="--threads 1 --rounds 5" on a busy machine.
+# CPU default: tiny + small (random weights, a few minutes); with a GPU also the real-size SDXL UNet at 512/1024 px.
+BENCH_OUT     ?= runs/bench
+BENCH_ARGS    ?=
+PEER_ARGS     ?=
+BENCH_SOURCES := $(wildcard para/*.py baselines/*.py conf/method/*.yaml conf/model/*.yaml)
+
+$(BENCH_OUT)/results.json: $(STAMP) $(BENCH_SOURCES)
+	$(PY) -m para.bench --out $(BENCH_OUT) $(BENCH_ARGS)
+
+$(BENCH_OUT)/peer.json: $(STAMP) $(BENCH_SOURCES)
+	$(PY) -m para.bench_peer --out $(BENCH_OUT) $(PEER_ARGS)
+
+.PHONY: bench bench-peer
+bench: $(BENCH_OUT)/results.json ## step time, memory, params, file size, sampling, caching: PaRa vs LoRA vs DreamBooth → runs/bench/results.{json,md}
+bench-peer: $(BENCH_OUT)/peer.json ## our LoRA vs diffusers' train_dreambooth_lora_sdxl.py (../shared/peers), same model → runs/bench/peer.{json,md}

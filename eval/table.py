@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,11 +95,23 @@ def read_run(path: Path) -> dict[str, Any]:
     return row
 
 
-def collect_runs(root: Path) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """All runs under `root` (skipping `.cache`), plus unreadable files as problem records."""
+def _cell_of(path: Path) -> tuple[str | None, str | None, int | None]:
+    """(method, subject, seed) of `<method>/<subject>/steps<N>-seed<k>/metrics.json`, as far as it parses."""
+    match = re.fullmatch(r"steps\d+-seed(\d+)", path.parent.name)
+    seed = int(match.group(1)) if match else None
+    return path.parent.parent.parent.name or None, path.parent.parent.name or None, seed
+
+
+def collect_runs(root: Path | None, cells: Sequence[Path] | None = None) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """All runs under `root` (skipping `.cache`), or exactly the `cells` given (a table's own runs, so other
+    experiments' runs under the same root never leak into it); unreadable or missing files as problem records."""
     rows, problems = [], []
-    for path in sorted(root.rglob("metrics.json")):
+    paths = [Path(c) for c in cells] if cells else sorted(root.rglob("metrics.json"))
+    for path in paths:
         if ".cache" in path.parts:
+            continue
+        if not path.is_file():
+            problems.append(_failure(*_cell_of(path), "missing", "no metrics.json", str(path.parent)))
             continue
         try:
             rows.append(read_run(path))
@@ -204,18 +217,19 @@ def plot_tradeoff(table: pd.DataFrame, real: pd.DataFrame | None, path: Path, ba
 
 
 def build(
-    runs_root: Path,
+    runs_root: Path | None,
     out: Path,
     methods: Sequence[str] | None = None,
     pair: Sequence[str] = ("para", "lora"),
     real: bool = True,
     backbones: str | None = None,
     cache_dir: Path | None = None,
+    cells: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
     """Write all table files into `out`; returns the frames and the markdown text."""
-    runs, problems = collect_runs(runs_root)
+    runs, problems = collect_runs(runs_root, cells)
     if runs.empty:
-        raise ValueError(f"no metrics.json under {runs_root}")
+        raise ValueError(f"no metrics.json under {runs_root or 'the given cells'}")
     methods = list(methods) if methods else sorted(runs["method"].dropna().unique())
     runs = runs[runs["method"].isin(methods)]
     failed = failed_cells(runs, methods, problems)
@@ -300,7 +314,9 @@ def render_markdown(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.table", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, required=True, help="root searched for metrics.json files")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--runs", type=Path, help="root searched for metrics.json files")
+    source.add_argument("--cells", type=Path, nargs="+", help="exactly these metrics.json files (missing = listed)")
     parser.add_argument("--out", type=Path, default=Path("runs/table1"))
     parser.add_argument("--methods", nargs="+", help="methods to include, in row order (default: all found)")
     parser.add_argument("--pair", nargs=2, default=["para", "lora"], metavar=("A", "B"), help="paired A − B")
@@ -309,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path("runs/.cache/eval"))
     args = parser.parse_args(argv)
     try:
-        result = build(args.runs, args.out, args.methods, args.pair, not args.no_real, args.backbones, args.cache_dir)
+        result = build(
+            args.runs, args.out, args.methods, args.pair, not args.no_real, args.backbones, args.cache_dir, args.cells
+        )
     except ValueError as err:  # nothing to tabulate: a message, not a traceback
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -96,6 +96,13 @@ class Run:
         done = finished_metrics(self.run_dir)
         if done is not None and not cfg.overwrite:
             log.warning("%s holds a finished run; kept as is (overwrite=true to redo it)", self.run_dir)
+            if cfg.eval.enabled and "scores" not in done and (self.run_dir / "samples" / "prompts.json").is_file():
+                log.info("scoring its samples, which were never scored")  # e.g. trained with eval.enabled=false
+                from eval.score import score_run
+
+                self.metrics = done
+                self.write_metrics(scores=score_run(self.run_dir, cfg.eval))
+                return self.metrics
             return done
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)

@@ -130,7 +130,7 @@ def test_reproduce_table1_remakes_only_unfinished_cells(tmp_path):
     try:
         for path, status in ((done, "finished"), (failed, "failed")):
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"status": status}, indent=2))
+            path.write_text(json.dumps({"status": status, "scores": {}}, indent=2))
         plan = subprocess.run(
             [
                 "make",
