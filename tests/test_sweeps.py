@@ -165,13 +165,11 @@ def test_submitit_local_sweep_with_wandb_two_methods_two_subjects_one_broken_cel
 
 
 def _cluster_section() -> str:
-    """The README's "Cluster / W&B" section (drafted in para/README_WANDB_SECTION.md until it is merged)."""
-    for path in (REPO / "README.md", REPO / "para" / "README_WANDB_SECTION.md"):
-        text = path.read_text() if path.is_file() else ""
-        if "## Cluster / W&B" in text:
-            section = text[text.index("## Cluster / W&B") :]
-            return section[: section.find("\n## ", 1)] if "\n## " in section[1:] else section
-    raise AssertionError("no 'Cluster / W&B' section in README.md or para/README_WANDB_SECTION.md")
+    """The README's "Cluster / W&B" section."""
+    text = (REPO / "README.md").read_text()
+    assert "## Cluster / W&B" in text, "no 'Cluster / W&B' section in README.md"
+    section = text[text.index("## Cluster / W&B") :]
+    return section[: section.find("\n## ", 1)] if "\n## " in section[1:] else section
 
 
 def _launcher(name: str):
