@@ -15,14 +15,13 @@ both differ only in the parametrization: whether the paper's numbers depend on i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from para.adapter import PaRa, ParaConfig, effective_rank
-from para.layers import flat_weight, initial_b, orthonormal_basis, out_features
-from para.layerwise import DeltaLayer, LayerwiseMethod, apply_weight
+from para.adapter import PaRa, ParaConfig
+from para.layers import flat_weight, orthonormal_basis
+from para.layerwise import DeltaLayer, apply_weight
 
 
 @dataclass
@@ -67,29 +66,9 @@ class ParaAuthorsLayer(DeltaLayer):
         return y + (bias if isinstance(base, nn.Linear) else bias[:, None, None]).to(y.dtype)
 
 
-class ParaAuthors(LayerwiseMethod):
+class ParaAuthors(PaRa):
+    """`para`'s layer selection, γ cap, init and rank checks; only the layer (the parametrization) differs."""
+
     name = "para_authors"
     Config = ParaAuthorsConfig
     layer_type = ParaAuthorsLayer
-
-    def __init__(self, cfg: Any, base_model: str):
-        super().__init__(cfg, base_model)
-        self.ranks: dict[str, int] = {}
-
-    @classmethod
-    def validate_config(cls, cfg: Any) -> None:
-        PaRa.validate_config(cfg)
-
-    def wrap(self, name: str, module: nn.Linear | nn.Conv2d) -> ParaAuthorsLayer:
-        width = out_features(module)
-        rank = effective_rank(self.cfg.rank, width, self.cfg.gamma)
-        if rank >= width:
-            raise ValueError(
-                f"method.rank={rank} is out of range for layer {name} with {width} outputs; need rank < {width}"
-            )
-        self.ranks[name] = rank
-        b = initial_b(module, rank, self.cfg.init, self.cfg.init_std, torch.default_generator)
-        return ParaAuthorsLayer(module, b)
-
-    def summary(self) -> dict[str, Any]:
-        return {"layers": len(self.ranks), "ranks": self.ranks}

@@ -66,7 +66,8 @@ class PaRa(LayerwiseMethod):
                 f"method.rank={rank} is out of range for layer {name} with {width} outputs; need rank < {width}"
             )
         self.ranks[name] = rank
-        return PaRaLayer(module, initial_b(module, rank, self.cfg.init, self.cfg.init_std, torch.default_generator))
+        b = initial_b(module, rank, self.cfg.init, self.cfg.init_std, torch.default_generator)
+        return self.layer_type(module, b)
 
     def summary(self) -> dict[str, Any]:
         return {"layers": len(self.ranks), "ranks": self.ranks}
