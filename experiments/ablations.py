@@ -1,0 +1,247 @@
+"""Ablations (PAPER.md §5.1): PaRa rank r, γ on/off, layer subset, and a steps curve of PaRa and LoRA.
+
+    python -m experiments.ablations [hydra overrides]          # parameters: conf/experiment/ablations.yaml
+
+Every cell is an ordinary training run: the sweeps below are launched as `python run.py -m +experiment=ablations
+...` (Hydra multirun; finished cells are skipped, failed cells are reported and do not stop a sweep). Then
+every run under `<out>/` is collected with `eval.table.collect_runs` into one pandas table: means over subjects
+(and seeds) per setting → `ablations.{csv,md}`, `runs.csv` (every cell, with its status), `rank.png`,
+`subset.png`, `steps.png` (line plots of DINO, CLIP-I, CLIP-T), `grid.png` and `provenance.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from eval.table import collect_runs
+from experiments.common import REPO, Experiment, compose, load_experiment, main_entry, merge_overrides
+from experiments.report import banners, flags, label_grid, open_images, write_provenance, write_table
+from para.io import read_json
+
+log = logging.getLogger("experiments.ablations")
+METRICS = ["dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim"]
+COSTS = ["trainable_params", "train_seconds"]
+# The columns naming a cell's setting, per ablation: the x axis last (the plots' x, the others are lines).
+KEYS = {"rank": ["gamma", "rank"], "subset": ["subset"], "steps": ["method", "steps"]}
+
+
+@dataclass
+class Params:
+    name: str = "ablations"
+    out: str = "runs/ablations"
+    subjects: list[str] = field(default_factory=lambda: ["dog", "cat", "backpack", "teapot"])
+    para_steps: int = 200
+    ranks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    gammas: list[float | None] = field(default_factory=lambda: [0.025, None])
+    subsets: list[str] = field(default_factory=lambda: ["noxattn", "selfattn", "attn", "xattn", "full"])
+    steps_curve: list[int] = field(default_factory=lambda: [50, 100, 200, 400, 700, 1000])
+    curve_methods: list[str] = field(default_factory=lambda: ["para", "lora"])
+
+
+def _values(values: Sequence[Any]) -> str:
+    """A Hydra sweep value: `1,2,4` (None → null)."""
+    return ",".join("null" if v is None else str(v) for v in values)
+
+
+def sweeps(p: Params) -> dict[str, list[str]]:
+    """The multirun overrides of each ablation (empty lists skip an ablation)."""
+    subjects = f"subject={_values(p.subjects)}"
+    plan = {
+        "rank": [
+            "method=para",
+            subjects,
+            f"steps={p.para_steps}",
+            f"method.rank={_values(p.ranks)}",
+            f"method.gamma={_values(p.gammas)}",
+        ],
+        "subset": ["method=para", subjects, f"steps={p.para_steps}", f"method.subset={_values(p.subsets)}"],
+        "steps": [f"method={_values(p.curve_methods)}", subjects, f"steps={_values(p.steps_curve)}"],
+    }
+    empty = {
+        "rank": not (p.ranks and p.gammas),
+        "subset": not p.subsets,
+        "steps": not (p.steps_curve and p.curve_methods),
+    }
+    return {name: overrides for name, overrides in plan.items() if p.subjects and not empty[name]}
+
+
+def run_sweep(exp: Experiment, overrides: list[str]) -> int:
+    """`python run.py -m +experiment=ablations <user overrides> <sweep>`; returns its exit status."""
+    records = f"hydra.callbacks.sweep_report.records_dir={exp.out / '.sweeps'}"
+    args = ["-m", "+experiment=ablations", *merge_overrides(exp.overrides, [*overrides, records])]
+    log.info("sweep: python run.py %s", shlex.join(args))
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], check=False).returncode
+
+
+def gamma_label(method: str, gamma: float | None) -> str:
+    if method not in ("para", "para_authors"):
+        return "n/a"
+    return "off" if gamma is None else f"{gamma:g}"
+
+
+def collect(out: Path) -> pd.DataFrame:
+    """Every run under `out` (eval.table's reader) plus its rank, γ and subset."""
+    runs, _ = collect_runs(out)
+    settings = []
+    for path, method in zip(runs["path"], runs["method"], strict=True):
+        cfg = read_json(Path(path) / "metrics.json").get("run_info", {}).get("method", {})
+        subset = cfg.get("subset")
+        settings.append(
+            {
+                "rank": cfg.get("rank"),
+                "gamma": gamma_label(method, cfg.get("gamma")),
+                "subset": subset if isinstance(subset, str) else "+".join(map(str, subset or [])),
+            }
+        )
+    return pd.concat([runs, pd.DataFrame(settings, index=runs.index)], axis=1)
+
+
+def select(runs: pd.DataFrame, p: Params, base: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """The finished, scored runs of each ablation (one run may serve several: r16, γ on, ExCA, 200 steps)."""
+    ok = runs[(runs["status"] == "finished") & runs["has_scores"] & runs["subject"].isin(p.subjects)]
+    para = ok[ok["method"] == "para"]
+    at_base = (para["rank"] == base["para"]["rank"]) & (para["gamma"] == base["para"]["gamma"])
+    base_subset = para["subset"] == base["para"]["subset"]
+    gammas = [gamma_label("para", g) for g in p.gammas]
+    curve = ok[ok["method"].isin(p.curve_methods) & ok["steps"].isin(p.steps_curve)]
+    curve = (
+        curve[
+            [all(row[k] == base[row["method"]][k] for k in ("rank", "gamma", "subset")) for _, row in curve.iterrows()]
+        ]
+        if len(curve)
+        else curve
+    )
+    return {
+        "rank": para[
+            (para["steps"] == p.para_steps) & base_subset & para["rank"].isin(p.ranks) & para["gamma"].isin(gammas)
+        ],
+        "subset": para[(para["steps"] == p.para_steps) & at_base & para["subset"].isin(p.subsets)],
+        "steps": curve,
+    }
+
+
+def summarize(selected: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per ablation setting: means over subjects and seeds, with the number of runs behind them."""
+    tables = []
+    for ablation, runs in selected.items():
+        if runs.empty:
+            continue
+        keys = KEYS[ablation]
+        grouped = runs.groupby(keys, sort=True)
+        table = grouped[METRICS + COSTS].mean().reset_index()
+        table.insert(0, "ablation", ablation)
+        if "method" not in keys:
+            table.insert(1, "method", "+".join(sorted(runs["method"].unique())))
+        table["n_runs"] = grouped.size().values
+        table["n_subjects"] = grouped["subject"].nunique().values
+        tables.append(table)
+    if not tables:
+        return pd.DataFrame(columns=["ablation", *METRICS])
+    columns = ["ablation", "method", "rank", "gamma", "subset", "steps", "n_runs", "n_subjects", *METRICS, *COSTS]
+    table = pd.concat(tables, ignore_index=True)
+    for column in ("rank", "steps", "trainable_params"):  # integers, missing where an ablation does not vary them
+        if column in table:
+            table[column] = table[column].round().astype("Int64")
+    return table[[c for c in columns if c in table.columns]]
+
+
+def plot(table: pd.DataFrame, ablation: str, path: Path, banner: bool) -> None:
+    """DINO, CLIP-I and CLIP-T against the ablation's x (rank, subset, steps), one line per remaining key."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table[table["ablation"] == ablation]
+    *hue, x = KEYS[ablation]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    groups = rows.groupby(hue, sort=True) if hue else [((ablation,), rows)]
+    for label, group in groups:
+        values = label if isinstance(label, tuple) else (label,)
+        name = ", ".join(f"{h}={v}" for h, v in zip(hue, values, strict=False))
+        for ax, metric in zip(axes, ["dino", "clip_i", "clip_t"], strict=True):
+            ax.plot(group[x].astype(str) if x == "subset" else group[x], group[metric], marker="o", label=name or None)
+    for ax, metric in zip(axes, ["DINO", "CLIP-I", "CLIP-T"], strict=True):
+        ax.set_xlabel(x)
+        ax.set_ylabel(metric)
+        if x == "rank":
+            ax.set_xscale("log", base=2)
+        if hue:
+            ax.legend(fontsize=7)
+    fig.suptitle(
+        ("RANDOM BACKBONES / WEIGHTS — not comparable with any paper: " if banner else "") + f"{ablation} ablation"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def grid(selected: dict[str, pd.DataFrame], subject: str, seed: int, prompts: int = 4):
+    """Image 0 of the first prompts, one row per setting, for one subject."""
+    rows = []
+    for ablation, runs in selected.items():
+        for _, run in (
+            runs[(runs["subject"] == subject) & (runs["seed"] == seed)].sort_values(KEYS[ablation]).iterrows()
+        ):
+            samples = sorted((Path(run["path"]) / "samples").glob("p*_i00.png"))[:prompts]
+            label = f"{ablation}: " + ", ".join(f"{k}={run[k]}" for k in KEYS[ablation])
+            rows.append((label, open_images(samples)))
+    rows = [r for r in rows if r[1]]
+    return label_grid(rows, [f"prompt {i}" for i in range(prompts)]) if rows else None
+
+
+def run(argv: Sequence[str]) -> pd.DataFrame:
+    """Run the sweeps, then collect every cell under `<out>/` into the table and plots; returns the table."""
+    exp = load_experiment("ablations", Params, argv)
+    p = exp.params
+    statuses = {name: run_sweep(exp, overrides) for name, overrides in sweeps(p).items()}
+    base = {}
+    for method in p.curve_methods + ["para"]:
+        mcfg = compose(["+experiment=ablations", *merge_overrides(exp.overrides, [f"method={method}"])]).method
+        subset = mcfg.subset if isinstance(mcfg.subset, str) else "+".join(mcfg.subset)
+        base[method] = {"rank": mcfg.get("rank"), "gamma": gamma_label(method, mcfg.get("gamma")), "subset": subset}
+
+    runs = collect(exp.out)
+    selected = select(runs, p, base)
+    table = summarize(selected)
+    pretrained = runs["backbones_pretrained"].dropna()
+    flag = flags(exp, bool(pretrained.astype(bool).all()) if len(pretrained) else None)
+    unusable = runs[(runs["status"] != "finished") | ~runs["has_scores"].astype(bool)]
+    failed = {k: v for k, v in statuses.items() if v != 0}
+    notes = [
+        f"means over subjects {p.subjects} and seeds; n_runs = cells behind each row. Rank/γ/subset cells at "
+        f"{p.para_steps} steps; fixed values elsewhere: {base}",
+        *([f"{len(unusable)} run(s) not finished or not scored: see runs.csv"] if len(unusable) else []),
+        *([f"sweeps that reported failed cells: {sorted(failed)}"] if failed else []),
+    ]
+    exp.out.mkdir(parents=True, exist_ok=True)
+    write_table(runs.drop(columns=["eval"]).assign(**flag), exp.out, "runs", "Ablations: every cell", banners(flag))
+    write_table(table.assign(**flag), exp.out, "ablations", "Ablations", [*banners(flag), *notes])
+    for ablation in KEYS:
+        if (table["ablation"] == ablation).any():
+            plot(table, ablation, exp.out / f"{ablation}.png", bool(banners(flag)))
+    image = grid(selected, p.subjects[0], exp.cfg.seed) if p.subjects else None
+    if image is not None:
+        image.save(exp.out / "grid.png")
+    write_provenance(
+        exp,
+        exp.out,
+        flags=flag,
+        sweeps={k: {"overrides": v, "exit_status": statuses[k]} for k, v in sweeps(p).items()},
+    )
+    if failed:
+        raise RuntimeError(f"ablation sweeps {sorted(failed)} had failed cells; the tables hold the finished ones")
+    return table
+
+
+if __name__ == "__main__":
+    main_entry(run)
