@@ -124,7 +124,7 @@ wandb-sync: $(STAMP) ## upload offline W&B runs (WANDB_MODE=offline on compute n
 	  $$(find $(RUN_PREFIX) -path '*/wandb/offline-run-*' -prune -type d | sort)
 
 # ---------------------------------------------------------------------------------------------------------
-# The paper's other experiments (PAPER.md §5, experiments/README_SECTION.md). Each is one command writing
+# The paper's other experiments (PAPER.md §5, README.md "The paper's other experiments"). Each is one command writing
 # runs/[<model>/]<experiment>/: images, a table (CSV + markdown), grid.png and provenance.json. Parameters and
 # expected outcomes: conf/experiment/<experiment>.yaml; EXP_ARGS adds Hydra overrides, e.g.
 #   make multi-subject EXP_ARGS="experiment.subjects=[cat,pink_sunglasses] experiment.para_ranks=[2,32]"
