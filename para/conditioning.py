@@ -60,7 +60,10 @@ class SubjectLatents:
         self.cached = None
         if cache:
             both = torch.cat([pixels, pixels.flip(-1)])  # (2N, 3, H, W): originals then mirror images
-            self.cached = _latent_moments(pipe, both)
+            # One image per VAE call: the whole batch at once held 2N images' encoder activations together (the
+            # run's peak memory on `small`, `make bench-peer`; GBs at 1024 px), for no gain in a one-off cache.
+            moments = [_latent_moments(pipe, image[None]) for image in both]
+            self.cached = tuple(torch.cat(parts) for parts in zip(*moments, strict=True))
 
     def __len__(self) -> int:
         return self.pixels.shape[0]
