@@ -75,8 +75,9 @@ def select_images(files: list[Path], names: list[str] | None) -> list[Path]:
     return [by_name[n] for n in names]
 
 
-def load_subject_images(root: str | Path, subject: str, resolution: int, min_side: int = 16,
-                        images: list[str] | None = None) -> torch.Tensor:
+def load_subject_images(
+    root: str | Path, subject: str, resolution: int, min_side: int = 16, images: list[str] | None = None
+) -> torch.Tensor:
     """The photos of a subject (all, or those named in `images`) as a (N, 3, resolution, resolution) tensor."""
     files = select_images(image_files(subject_dir(root, subject)), images)
     return torch.stack([to_tensor(center_square(load_rgb(f, min_side), resolution)) for f in files])

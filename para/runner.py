@@ -108,19 +108,30 @@ class Run:
         torch.manual_seed(cfg.seed)
         # Everything that can fail on bad input happens before the run folder is touched.
         pipe = load_pipeline(cfg.model, device)
-        pixels = load_subject_images(cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side,
-                                     cfg.data.images)
+        pixels = load_subject_images(
+            cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side, cfg.data.images
+        )
         previous = _prepare_folder(self.run_dir, cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_dict = OmegaConf.to_container(cfg, resolve=True)
         atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         self.metrics = previous or {}
         self.write_metrics(
-            status="running", stage=self.metrics.get("stage", "started"), run_dir=str(self.run_dir),
+            status="running",
+            stage=self.metrics.get("stage", "started"),
+            run_dir=str(self.run_dir),
             method=cfg.method.name,
-            subject=cfg.subject.name, model=cfg.model.name, steps=cfg.steps, seed=cfg.seed, run_info=config_dict,
-            meta_info={**provenance(device), "model_id": model_id(cfg.model), "model_kind": cfg.model.kind,
-                       "base_weights_pretrained": cfg.model.kind == "pretrained"},
+            subject=cfg.subject.name,
+            model=cfg.model.name,
+            steps=cfg.steps,
+            seed=cfg.seed,
+            run_info=config_dict,
+            meta_info={
+                **provenance(device),
+                "model_id": model_id(cfg.model),
+                "model_kind": cfg.model.kind,
+                "base_weights_pretrained": cfg.model.kind == "pretrained",
+            },
         )
         exit_code, logger = 1, None
         try:  # a logger that cannot start (W&B) also marks the run failed
@@ -173,8 +184,9 @@ class Run:
         cfg = self.cfg
         instance = SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=cfg.train.cache_latents)
         prompt = instance_prompt(cfg.data.prompt_template, cfg.data.token, cfg.subject.class_word)
-        trainer = Trainer(pipe, method, params, cfg, checkpoint_dir=self.run_dir / "checkpoints",
-                          train_text=train_text)
+        trainer = Trainer(
+            pipe, method, params, cfg, checkpoint_dir=self.run_dir / "checkpoints", train_text=train_text
+        )
         callbacks = [lambda step, m: logger.log(with_rate(m), step) if step % cfg.train.log_every == 0 else None]
         if cfg.logger.sample_every:
             callbacks.append(self._validation_callback(pipe, method, logger))
@@ -189,8 +201,18 @@ class Run:
             if step % cfg.logger.sample_every:
                 return
             folder = self.run_dir / "validation" / f"step{step:06d}"
-            generate(pipe, prompts, folder, seed=cfg.seed, images_per_prompt=1, steps=min(cfg.sample.steps, 25),
-                     guidance=cfg.sample.guidance, resolution=self.resolution, batch_size=1, progress=False)
+            generate(
+                pipe,
+                prompts,
+                folder,
+                seed=cfg.seed,
+                images_per_prompt=1,
+                steps=min(cfg.sample.steps, 25),
+                guidance=cfg.sample.guidance,
+                resolution=self.resolution,
+                batch_size=1,
+                progress=False,
+            )
             grid = image_grid([open_image(folder / f"p{p.index:02d}_i00.png") for p in prompts])
             logger.log_images("validation/samples", [grid], [" | ".join(p.prompt for p in prompts)], step)
             pipe.unet.train()
@@ -202,9 +224,18 @@ class Run:
         merged = method.prepare_for_sampling(pipe.unet, merge=sc.merge)
         t0 = time.perf_counter()
         try:
-            generate(pipe, sample_prompts(cfg), self.run_dir / "samples", seed=cfg.seed,
-                     images_per_prompt=sc.images_per_prompt, steps=sc.steps, guidance=sc.guidance,
-                     resolution=sc.resolution or self.resolution, batch_size=sc.batch_size, scheduler=sc.scheduler)
+            generate(
+                pipe,
+                sample_prompts(cfg),
+                self.run_dir / "samples",
+                seed=cfg.seed,
+                images_per_prompt=sc.images_per_prompt,
+                steps=sc.steps,
+                guidance=sc.guidance,
+                resolution=sc.resolution or self.resolution,
+                batch_size=sc.batch_size,
+                scheduler=sc.scheduler,
+            )
         finally:
             method.finish_sampling(pipe.unet)
         self.write_metrics(stage="sampled", sample_info={"seconds": time.perf_counter() - t0, "merged": merged})
@@ -215,9 +246,18 @@ class Run:
         prompt = cfg.train.class_prompt_template.format(class_word=cfg.subject.class_word)
         folder = Path(cfg.train.class_images_dir) / cfg.model.name / cfg.subject.class_word.replace(" ", "_")
         spec = PromptSpec(0, prompt, prompt)
-        generate(pipe, [spec], folder, seed=cfg.seed, images_per_prompt=cfg.train.num_class_images,
-                 steps=cfg.sample.steps, guidance=cfg.sample.guidance, resolution=self.resolution,
-                 batch_size=cfg.sample.batch_size, scheduler=cfg.sample.scheduler)
+        generate(
+            pipe,
+            [spec],
+            folder,
+            seed=cfg.seed,
+            images_per_prompt=cfg.train.num_class_images,
+            steps=cfg.sample.steps,
+            guidance=cfg.sample.guidance,
+            resolution=self.resolution,
+            batch_size=cfg.sample.batch_size,
+            scheduler=cfg.sample.scheduler,
+        )
         pixels = load_subject_images(folder.parent, folder.name, self.resolution)
         return SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=True), prompt
 
@@ -225,8 +265,11 @@ class Run:
 def _train_info(result: TrainResult, method: Method) -> dict:
     steps = sorted(result.step_seconds[1:] or result.step_seconds)  # the first step pays warm-up costs
     return {
-        "losses": result.losses, "wall_seconds": result.wall_seconds, "peak_memory_mb": result.peak_memory_mb,
-        "resumed_from": result.resumed_from, "median_step_seconds": steps[len(steps) // 2] if steps else None,
+        "losses": result.losses,
+        "wall_seconds": result.wall_seconds,
+        "peak_memory_mb": result.peak_memory_mb,
+        "resumed_from": result.resumed_from,
+        "median_step_seconds": steps[len(steps) // 2] if steps else None,
         "method_summary": method.summary(),
     }
 
