@@ -53,7 +53,7 @@ weights: $(STAMP) ## download SDXL base + the evaluation backbones into the loca
 	$(PY) -m para.weights
 
 .PHONY: param-table
-param-table: $(STAMP) ## trainable parameters of PaRa vs LoRA on the real SDXL UNet architecture (no weights)
+param-table: $(STAMP) ## trainable parameters (PaRa vs LoRA by rank/subset/γ, and every method) on the real SDXL UNet architecture
 	$(PY) -m para.param_count --out runs/param_count
 
 .PHONY: clean-tiny
