@@ -18,6 +18,7 @@ from peft import LoraConfig
 from torch import Tensor, nn
 
 from baselines.peft_adapter import ADAPTER, PeftAdapter
+from para.method import check_rank
 
 
 @dataclass
@@ -38,8 +39,7 @@ class Lora(PeftAdapter):
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
-        if cfg.rank <= 0:
-            raise ValueError(f"method.rank={cfg.rank} is out of range; expected an integer > 0")
+        check_rank(cfg)
         if cfg.scale < 0:
             raise ValueError(f"method.scale={cfg.scale} is out of range; expected >= 0")
         super().validate_config(cfg)

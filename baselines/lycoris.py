@@ -29,6 +29,7 @@ from peft.tuners.oft.layer import OFTRotationModule
 from torch import Tensor, nn
 
 from baselines.peft_adapter import PeftAdapter
+from para.method import check_rank
 from para.subsets import select_modules
 
 
@@ -71,11 +72,6 @@ class LycorisAdapter(PeftAdapter):
         return {**super().metadata(), "peft_config": json.dumps(config, sort_keys=True, default=str)}
 
 
-def _check_rank(cfg: Any) -> None:
-    if cfg.rank <= 0:
-        raise ValueError(f"method.rank={cfg.rank} is out of range; expected an integer > 0")
-
-
 class Loha(LycorisAdapter):
     name = "loha"
     Config = LohaMethodConfig
@@ -83,7 +79,7 @@ class Loha(LycorisAdapter):
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
-        _check_rank(cfg)
+        check_rank(cfg)
         super().validate_config(cfg)
 
     def peft_config(self) -> PeftConfig:
@@ -97,7 +93,7 @@ class Lokr(LycorisAdapter):
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
-        _check_rank(cfg)
+        check_rank(cfg)
         if cfg.decompose_factor != -1 and cfg.decompose_factor < 2:
             raise ValueError(f"method.decompose_factor={cfg.decompose_factor} is out of range; expected -1 or >= 2")
         super().validate_config(cfg)

@@ -13,7 +13,7 @@ from peft import PeftConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from torch import Tensor, nn
 
 from para.method import Method
-from para.subsets import SUBSETS, select_modules
+from para.subsets import check_subset, select_modules
 
 ADAPTER = "default"
 
@@ -29,8 +29,7 @@ class PeftAdapter(Method):
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
-        if isinstance(cfg.subset, str) and cfg.subset not in SUBSETS:
-            raise ValueError(f"unknown layer subset {cfg.subset!r}; expected one of {sorted(SUBSETS)} or a list")
+        check_subset(cfg.subset)
 
     def target_pattern(self) -> str:
         """An anchored regex of the exact module names: peft full-matches a string target against each name."""

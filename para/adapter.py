@@ -11,6 +11,7 @@ from torch import nn
 
 from para.layers import INITS, PaRaLayer, initial_b, out_features
 from para.layerwise import LayerwiseMethod
+from para.method import check_rank
 
 
 @dataclass
@@ -51,8 +52,7 @@ class PaRa(LayerwiseMethod):
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
         super().validate_config(cfg)
-        if cfg.rank <= 0:
-            raise ValueError(f"method.rank={cfg.rank} is out of range; expected an integer > 0")
+        check_rank(cfg)
         if cfg.gamma is not None and not 0 < cfg.gamma <= 1:
             raise ValueError(f"method.gamma={cfg.gamma} is out of range; expected (0, 1] or null to disable")
         if cfg.init not in INITS:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from para.layers import flat_weight
 from para.method import Method
-from para.subsets import SUBSETS, select_modules
+from para.subsets import check_subset, select_modules
 
 
 def apply_weight(base: nn.Linear | nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -81,8 +81,7 @@ class LayerwiseMethod(Method):
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
-        if isinstance(cfg.subset, str) and cfg.subset not in SUBSETS:
-            raise ValueError(f"unknown layer subset {cfg.subset!r}; expected one of {sorted(SUBSETS)} or a list")
+        check_subset(cfg.subset)
 
     def wrap(self, name: str, module: nn.Linear | nn.Conv2d) -> DeltaLayer:
         raise NotImplementedError

@@ -109,6 +109,12 @@ class Method:
         return []
 
 
+def check_rank(cfg: Any) -> None:
+    """`method.rank` must be a positive integer (every low-rank method's first check)."""
+    if cfg.rank <= 0:
+        raise ValueError(f"method.rank={cfg.rank} is out of range; expected an integer > 0")
+
+
 def read_adapter_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors adapter; anything else (e.g. a pickle) is refused, never loaded."""
     path = Path(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
@@ -31,6 +32,12 @@ SUBSETS: dict[str, list[str]] = {
 }
 
 ADAPTABLE_TYPES = (nn.Linear, nn.Conv2d)
+
+
+def check_subset(subset: Any) -> None:
+    """Refuse an unknown subset name early (before any model is built); lists of regexes are checked on use."""
+    if isinstance(subset, str) and subset not in SUBSETS:
+        raise ValueError(f"unknown layer subset {subset!r}; expected one of {sorted(SUBSETS)} or a list")
 
 
 def subset_patterns(subset: str | Iterable[str]) -> list[str]:
