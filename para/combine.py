@@ -187,6 +187,7 @@ class CombinedPaRa(PaRa):
 
     name = NAME
     Config = CombinedConfig
+    layer_type = CombinedPaRaLayer
 
     def __init__(self, cfg: Any, base_model: str):
         super().__init__(cfg, base_model)
@@ -232,11 +233,8 @@ class CombinedPaRa(PaRa):
             unet.set_submodule(name, CombinedPaRaLayer(module, bases, self.cfg.mode))
         return []  # nothing trains
 
-    def layers(self, unet: nn.Module) -> dict[str, CombinedPaRaLayer]:
-        layers = {name: unet.get_submodule(name) for name in self.bases}
-        if not all(isinstance(layer, CombinedPaRaLayer) for layer in layers.values()):
-            raise RuntimeError("CombinedPaRa.layers() called on a UNet this combination is not attached to")
-        return layers
+    def layer_names(self) -> list[str]:
+        return list(self.bases)
 
     def state_dict(self, unet: nn.Module | None = None) -> dict[str, Tensor]:
         """The bases themselves (the layers hold copies), so a combination can be saved without a UNet."""

@@ -55,6 +55,10 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU | bf16 | fp16 | no
     gradient_checkpointing: bool = False
+    # torch.compile the UNet (training and the run's sampling). Off by default: compiling costs ~1 min on first
+    # use (CPU, tiny model) and recompiles when sampling starts; see README "Performance" for where it pays off.
+    compile: bool = False
+    compile_backend: str = "inductor"  # any of torch._dynamo.list_backends(), e.g. aot_eager to debug tracing
     cache_latents: bool = True  # encode the few photos and the prompt once; the VAE/text encoders are frozen
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = only at the end of training
     keep_checkpoints: int = 2
@@ -161,6 +165,13 @@ def _check_choice(key: str, value: Any, choices: list[str] | tuple[str, ...]) ->
     _check(value in choices, key, value, f"one of {sorted(choices)}")
 
 
+def compile_backends() -> list[str]:
+    """torch.compile's registered backends (imports torch._dynamo: only called when compiling is asked for)."""
+    import torch._dynamo
+
+    return torch._dynamo.list_backends(exclude_tags=())
+
+
 def validate(cfg: DictConfig) -> None:
     """Range checks Hydra's type system cannot express. Raises ValueError naming key, value and range."""
     from para.registry import METHODS
@@ -174,6 +185,8 @@ def validate(cfg: DictConfig) -> None:
     _check(0.0 <= cfg.data.flip_p <= 1.0, "data.flip_p", cfg.data.flip_p, "a probability in [0, 1]")
     _check_choice("train.optimizer", cfg.train.optimizer, ("adamw", "adamw8bit", "adafactor"))
     _check_choice("train.mixed_precision", cfg.train.mixed_precision, ("auto", "bf16", "fp16", "no"))
+    if cfg.train.compile:
+        _check_choice("train.compile_backend", cfg.train.compile_backend, tuple(compile_backends()))
     _check_choice("model.kind", cfg.model.kind, ("pretrained", "tiny", "small"))
     _check_choice("subject.kind", cfg.subject.kind, ("live", "object"))
     _check_choice("sample.scheduler", cfg.sample.scheduler, ("ddim", "default"))

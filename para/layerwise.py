@@ -3,6 +3,9 @@
 Shared by `svdiff` and `para_authors` (PAPER.md §5, §7): select the layers of a subset (para.subsets), wrap
 each, train the wrappers' own parameters, save them under `<module name>.<parameter name>`, and for sampling
 bake W0 + ΔW into the frozen weight (`merge`) and take it out again afterwards (`unmerge`), as PaRa does.
+While merged, the wrappers are parked outside the UNet and the bare base layers (holding the merged weights) sit
+in their place, so sampling runs the very modules of the base model: no wrapper call per layer (issue 8's "merged
+sampling costs the same as the base model").
 A method built on this is a `wrap()` and a `validate_config()`; everything else is here.
 """
 
@@ -78,6 +81,8 @@ class LayerwiseMethod(Method):
     def __init__(self, cfg: Any, base_model: str):
         super().__init__(cfg, base_model)
         self.names: list[str] = []
+        # name → wrapper while the merged base layers stand in the UNet (between prepare/finish_sampling)
+        self._parked: dict[str, DeltaLayer] = {}
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
@@ -97,8 +102,15 @@ class LayerwiseMethod(Method):
             params += list(layer.parameters(recurse=False))  # the wrapper's own tensors, never the base's
         return params
 
+    def layer_names(self) -> list[str]:
+        return self.names
+
     def layers(self, unet: nn.Module) -> dict[str, DeltaLayer]:
-        layers = {name: unet.get_submodule(name) for name in self.names}
+        """The wrappers by module name (also while parked for merged sampling)."""
+        layers = {
+            name: self._parked[name] if name in self._parked else unet.get_submodule(name)
+            for name in self.layer_names()
+        }
         if not all(isinstance(layer, self.layer_type) for layer in layers.values()):
             raise RuntimeError(f"{self.name}.layers() called on a UNet this instance did not attach to")
         return layers
@@ -129,10 +141,18 @@ class LayerwiseMethod(Method):
 
     def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> bool:
         if merge:
-            for layer in self.layers(unet).values():
+            for name, layer in self.layers(unet).items():
                 layer.merge()
+                if name not in self._parked:
+                    unet.set_submodule(name, layer.base)
+                    self._parked[name] = layer
         return merge
 
     def finish_sampling(self, unet: nn.Module) -> None:
+        for name, layer in self._parked.items():
+            if unet.get_submodule(name) is not layer.base:
+                raise RuntimeError(f"{self.name}.finish_sampling() on a UNet whose {name} is not the merged layer")
+            unet.set_submodule(name, layer)
+        self._parked = {}
         for layer in self.layers(unet).values():
             layer.unmerge()

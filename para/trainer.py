@@ -109,6 +109,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
         if tc.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        if tc.compile:
+            # In place (nn.Module.compile): parameter names, state dicts and the method's layers stay as they are;
+            # the first step compiles, and sampling compiles once more (no grad, merged layers swapped in).
+            self.unet.compile(backend=tc.compile_backend)
 
     def _loss(self, latents: torch.Tensor, cond: Conditioning, generator: torch.Generator) -> torch.Tensor:
         batch = latents.shape[0]

@@ -13,6 +13,7 @@ from conftest import DATA_ROOT, compose_config
 
 from para.conditioning import SubjectLatents, encode_prompt
 from para.data import load_subject_images
+from para.layerwise import LayerwiseMethod
 from para.models import model_id
 from para.registry import METHODS
 from para.trainer import Trainer, step_generator
@@ -113,6 +114,28 @@ def test_sampling_form_matches_training_form(tiny_pipe, name):
     method.prepare_for_sampling(tiny_pipe.unet, merge=True)
     method.finish_sampling(tiny_pipe.unet)
     torch.testing.assert_close(_unet_out(tiny_pipe), before, rtol=1e-4, atol=1e-5)
+
+
+MERGING = sorted(n for n, cls in METHODS.items() if issubclass(cls, LayerwiseMethod))
+
+
+@pytest.mark.parametrize("name", MERGING)
+def test_merged_sampling_runs_the_base_models_own_modules(tiny_pipe, tiny_pipe_template, name):
+    """While merged, the UNet has exactly the base model's module types and parameter names (no wrapper call per
+    layer), computes (W0 + ΔW) x, and finish_sampling puts the trainable wrappers back."""
+    _, method, *_ = _train(tiny_pipe, name, 2)
+    adapted = _unet_out(tiny_pipe)
+    wrappers = method.layers(tiny_pipe.unet)
+    assert method.prepare_for_sampling(tiny_pipe.unet, merge=True)
+    base_types = {n: type(m) for n, m in tiny_pipe_template.unet.named_modules()}
+    assert {n: type(m) for n, m in tiny_pipe.unet.named_modules()} == base_types
+    assert [n for n, _ in tiny_pipe.unet.named_parameters()] == [n for n, _ in tiny_pipe_template.unet.named_parameters()]
+    torch.testing.assert_close(_unet_out(tiny_pipe), adapted, rtol=1e-4, atol=1e-5)
+    assert method.layers(tiny_pipe.unet) == wrappers  # still reachable (saving works while merged)
+    method.finish_sampling(tiny_pipe.unet)
+    assert all(tiny_pipe.unet.get_submodule(n) is layer for n, layer in wrappers.items())
+    assert not any(layer.merged for layer in wrappers.values())
+    assert any(p.requires_grad for p in tiny_pipe.unet.parameters())
 
 
 @pytest.mark.parametrize("name", ALL)
