@@ -43,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLPipeline
@@ -87,6 +88,7 @@ MEDIANS = (
     "sample_merged_cpu_seconds_per_image",
     "peak_memory_mb",
     "peak_increase_mb",
+    "warmup_seconds",
 )
 
 
@@ -126,6 +128,7 @@ class ModelBench:
             *extra,
             f"steps={self.settings.steps}",
             f"train.cache_latents={cache}",
+            f"train.compile={str(variant.compile).lower()}",
         )
 
     def build(self, variant: Variant, tally: Tally | None) -> Contestant:
@@ -143,12 +146,15 @@ class ModelBench:
             contestant = Contestant(
                 variant, method, unet, pipe, trainer, latents if registry_name else GradLatents(latents)
             )
+            t0 = time.perf_counter()
             contestant.train(self.settings.warmup, self.resolution)
+            contestant.warmup_seconds = time.perf_counter() - t0
         if tally is None:
             return contestant
         if memory.increase_mb is not None and self.base_mb is not None:
             tally.add("peak_increase_mb", memory.increase_mb)
             tally.add("peak_memory_mb", self.base_mb + memory.increase_mb)
+        tally.add("warmup_seconds", contestant.warmup_seconds)
         if not tally.facts:
             tally.facts.update(
                 trainable_params=sum(p.numel() for p in params),
@@ -159,15 +165,18 @@ class ModelBench:
             )
         return contestant
 
-    def measure(self, contestant: Contestant, tally: Tally) -> None:
-        """One round of a contestant: `steps` timed training steps, then sampling (unmerged, and merged)."""
+    def measure(self, contestant: Contestant, tally: Tally, round_index: int = 0) -> None:
+        """One round of a contestant: `steps` timed training steps, then sampling (unmerged and merged, in an
+        order that alternates between rounds, `sample_repeats` times each)."""
         wall, cpu = contestant.train(self.settings.steps, self.resolution)
         tally.add("step_seconds", *wall)
         if self.device.type == "cpu":  # on a GPU, CPU time only measures the launch overhead
             tally.add("step_cpu_seconds", *cpu)
         variant = contestant.variant
-        if self.settings.sample_images and variant.cache_latents and variant.method in self.settings.sample_methods:
-            for merge, key in ((False, "sample"), (True, "sample_merged")):
+        samples = variant.cache_latents and not variant.compile  # compiled: training only (sampling recompiles)
+        if self.settings.sample_images and samples and variant.method in self.settings.sample_methods:
+            states = [(False, "sample"), (True, "sample_merged")]
+            for merge, key in (states if round_index % 2 == 0 else states[::-1]) * self.settings.sample_repeats:
                 wall_s, cpu_s = self._sample_seconds(contestant, merge)
                 tally.add(f"{key}_seconds_per_image", wall_s)
                 tally.add(f"{key}_cpu_seconds_per_image", cpu_s)
@@ -225,11 +234,25 @@ class ModelBench:
             method.finish_sampling(unet)
 
 
+def attention_kernels(unet: nn.Module) -> dict[str, Any]:
+    """The UNet's attention processors and, on CUDA, which SDPA kernels torch may pick (flash needs bf16/fp16)."""
+    kernels: dict[str, Any] = {"processors": sorted({type(p).__name__ for p in unet.attn_processors.values()})}
+    if unet.device.type == "cuda":
+        kernels.update(
+            flash=torch.backends.cuda.flash_sdp_enabled(),
+            mem_efficient=torch.backends.cuda.mem_efficient_sdp_enabled(),
+            math=torch.backends.cuda.math_sdp_enabled(),
+        )
+    return kernels
+
+
 def _device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def variants_of(methods: Sequence[str], cache_method: str | None) -> list[Variant]:
+def variants_of(
+    methods: Sequence[str], cache_method: str | None, compile_methods: Sequence[str] = ()
+) -> list[Variant]:
     unknown = [m for m in methods if m not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown bench methods {unknown}; expected some of {list(VARIANTS)}")
@@ -238,7 +261,10 @@ def variants_of(methods: Sequence[str], cache_method: str | None) -> list[Varian
         if cache_method not in methods or cache_method == "frozen":
             raise ValueError(f"--cache-method {cache_method!r} must be one of the trained --methods {list(methods)}")
         variants.append(Variant(cache_method, cache_latents=False))
-    return variants
+    stray = [m for m in compile_methods if m not in methods]
+    if stray:
+        raise ValueError(f"--compile-methods {stray} must be among the --methods {list(methods)}")
+    return variants + [Variant(m, compile=True) for m in compile_methods]
 
 
 def run_rounds(bench: ModelBench, variants: list[Variant]) -> dict[Variant, Tally]:
@@ -263,7 +289,9 @@ def run_rounds(bench: ModelBench, variants: list[Variant]) -> dict[Variant, Tall
 
     if bench.settings.keep:
         for variant in variants:
-            attempt(variant, lambda v=variant: bench.build(v, None))  # priming, discarded
+            attempt(  # priming, discarded; its warm-up is the variant's first (compiled: includes compiling)
+                variant, lambda v=variant: tallies[v].add("first_warmup_seconds", bench.build(v, None).warmup_seconds)
+            )
             if not tallies[variant].error:
                 attempt(variant, lambda v=variant: kept.__setitem__(v, bench.build(v, tallies[v])))
     for round_index in range(bench.settings.rounds):
@@ -273,9 +301,9 @@ def run_rounds(bench: ModelBench, variants: list[Variant]) -> dict[Variant, Tall
                 continue
             log.info("%s %dpx round %d: %s", bench.model, bench.resolution, round_index, variant.label)
 
-            def one_round(v=variant):
+            def one_round(v=variant, r=round_index):
                 contestant = kept.get(v) or bench.build(v, tallies[v])
-                bench.measure(contestant, tallies[v])
+                bench.measure(contestant, tallies[v], r)
 
             attempt(variant, one_round)
             if not bench.settings.keep:
@@ -298,6 +326,7 @@ def records_of(bench: ModelBench, tallies: dict[Variant, Tally], prov: dict) -> 
                 "weights": "random",
                 "batch_size": bench.settings.batch_size,
                 "cache_latents": variant.cache_latents,
+                "compile": variant.compile,
                 **t.facts,
                 **{key: t.median(key) for key in MEDIANS},
                 "step_seconds_all": t.values.get("step_seconds", []),
@@ -305,7 +334,10 @@ def records_of(bench: ModelBench, tallies: dict[Variant, Tally], prov: dict) -> 
                 "memory_measure": "cuda max_memory_allocated" if bench.device.type == "cuda" else "VmHWM",
                 "sample_steps": bench.settings.sample_steps if t.values.get("sample_seconds_per_image") else None,
                 "unet_params": sum(p.numel() for p in bench.pipe.unet.parameters()),
+                "attention": attention_kernels(bench.pipe.unet),
                 "rounds": bench.settings.rounds,
+                "warmup_steps": bench.settings.warmup,
+                "first_warmup_seconds": t.first("first_warmup_seconds", "warmup_seconds"),
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                 "error": t.error,
                 "provenance": prov,
@@ -318,7 +350,7 @@ def benchmark(
     models: Sequence[str], methods: Sequence[str], settings: Settings, resolutions: Sequence[int] | None = None
 ) -> list[dict]:
     """Run the benchmark; records with ratios added (see `para.bench_report.add_ratios`)."""
-    variants = variants_of(methods, settings.cache_method)
+    variants = variants_of(methods, settings.cache_method, settings.compile_methods)
     prov = provenance(_device(settings.device))
     records = []
     for model in models:
@@ -360,14 +392,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--sample-images", type=int, default=defaults.sample_images, help="0 disables sampling")
     parser.add_argument("--sample-steps", type=int, default=defaults.sample_steps)
+    parser.add_argument("--sample-repeats", type=int, default=defaults.sample_repeats, help="per round and state")
     parser.add_argument("--sample-methods", nargs="+", default=list(defaults.sample_methods), choices=list(VARIANTS))
     parser.add_argument("--cache-method", default=defaults.cache_method, help="'none' skips the caching variant")
+    parser.add_argument(
+        "--compile-methods",
+        nargs="*",
+        choices=list(VARIANTS),
+        help="also train these with train.compile=true (default: para lora on CUDA, none on CPU)",
+    )
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--profile", action="store_true", help="also write a torch.profiler table per variant")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default on CPU: 1, see below)")
     parser.add_argument("--out", default="runs/bench")
     args = parser.parse_args(argv)
-    for key in ("steps", "rounds", "batch_size", "sample_steps"):
+    for key in ("steps", "rounds", "batch_size", "sample_steps", "sample_repeats"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} {getattr(args, key)} out of range; expected >= 1")
     if args.warmup < 0 or args.sample_images < 0:
@@ -388,11 +427,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         sample_images=args.sample_images,
         sample_steps=args.sample_steps,
+        sample_repeats=args.sample_repeats,
         device=args.device,
         sample_methods=tuple(args.sample_methods),
         profile_dir=args.out if args.profile else None,
         keep=not args.rebuild and not _device(args.device).startswith("cuda"),
         cache_method=None if args.cache_method in (None, "none") else args.cache_method,
+        compile_methods=tuple(
+            args.compile_methods
+            if args.compile_methods is not None
+            else [m for m in ("para", "lora") if m in args.methods and _device(args.device).startswith("cuda")]
+        ),
     )
     try:
         records = benchmark(args.models, args.methods, settings, args.resolution)

@@ -32,9 +32,11 @@ class Settings:
     keep: bool = True  # keep every variant's UNet copy for all rounds (False: rebuild each round, for GPUs)
     batch_size: int = 1
     sample_images: int = 1  # images per `generate` call (one batch) per round and merge state; 0 = no sampling
+    sample_repeats: int = 3  # `generate` calls per round and merge state (a tiny model samples in ~35 ms)
     sample_steps: int = 2  # denoising steps per image (cost per image scales with it; ratios do not)
     sample_methods: tuple[str, ...] = ("para", "lora", "frozen")  # frozen = the base model
     cache_method: str | None = "para"  # also trained with cache_latents=false; None = skip
+    compile_methods: tuple[str, ...] = ()  # also trained with train.compile=true (torch.compile, inductor)
     profile_dir: str | None = None  # write a torch.profiler table of one step per variant here
     seed: int = 0
     device: str = "auto"
@@ -44,10 +46,11 @@ class Settings:
 class Variant:
     method: str
     cache_latents: bool = True
+    compile: bool = False
 
     @property
     def label(self) -> str:
-        return self.method if self.cache_latents else f"{self.method} (no cache)"
+        return self.method + (" (compiled)" if self.compile else "") + ("" if self.cache_latents else " (no cache)")
 
 
 @dataclass
@@ -60,6 +63,10 @@ class Tally:
 
     def add(self, key: str, *values: float | None) -> None:
         self.values.setdefault(key, []).extend(v for v in values if v is not None)
+
+    def first(self, *keys: str) -> float | None:
+        """The first value of the first key that has any (e.g. the priming build's warm-up, else round 0's)."""
+        return next((self.values[k][0] for k in keys if self.values.get(k)), None)
 
     def median(self, key: str) -> float | None:
         values = self.values.get(key)
@@ -87,6 +94,7 @@ class Contestant:
     pipe: StableDiffusionXLPipeline
     trainer: Trainer
     latents: Any  # SubjectLatents, or GradLatents for the floor
+    warmup_seconds: float = 0.0  # the untimed warm-up steps after attaching (compiled: includes compiling)
 
     def train(self, steps: int, resolution: int) -> tuple[list[float], list[float]]:
         """Train `steps` steps through `Trainer.train`; (wall, CPU) seconds per step."""

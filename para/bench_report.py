@@ -52,23 +52,38 @@ def _group(record: dict) -> tuple[Any, Any]:
     return record["model"], record["resolution"]
 
 
-def add_ratios(records: list[dict]) -> list[dict]:
-    """Each record with its ratios to LoRA and to the frozen floor, and what caching saves; returns new dicts.
+def _primary(record: dict) -> bool:
+    """The main comparison: cached latents, eager. Uncached and compiled records are compared with it."""
+    return record.get("cache_latents", True) and not record.get("compile", False)
 
-    A ratio is None when its reference method was not run or has no value. Records trained without cached
-    latents get `cache_saving_seconds` (uncached − cached step time of the same method) instead.
+
+def twin_of(records: list[dict], record: dict) -> dict:
+    """The primary (cached, eager) record of the same method, model and resolution; {} if none."""
+    same = (r for r in records if _primary(r) and r["method"] == record["method"] and _group(r) == _group(record))
+    return next(same, {})
+
+
+def add_ratios(records: list[dict]) -> list[dict]:
+    """Each record with its ratios to LoRA and to the frozen floor, and what caching and compiling change.
+
+    A ratio is None when its reference method was not run or has no value. Compiled records are compared with
+    compiled references where those were run (PaRa compiled vs LoRA compiled) and get `compile_speedup` (eager ÷
+    compiled step time of the same method). Records trained without cached latents get `cache_saving_seconds`
+    (uncached − cached step time of the same method) instead.
     """
-    cached = {(_group(r), r["method"]): r for r in records if r.get("cache_latents", True)}
+    cached = {(_group(r), r["method"], r.get("compile", False)): r for r in records if r.get("cache_latents", True)}
     out = []
     for record in records:
         record = dict(record)
-        group = _group(record)
+        group, compiled = _group(record), record.get("compile", False)
+        twin = twin_of(records, record)
         if record.get("cache_latents", True):
             for key, value_key, reference, reference_key in RATIOS:
-                ref = cached.get((group, reference))
+                ref = cached.get((group, reference, compiled))
                 record[key] = _ratio(record.get(value_key), ref.get(reference_key) if ref else None)
+            if compiled:
+                record["compile_speedup"] = _ratio(twin.get("step_seconds"), record.get("step_seconds"))
         else:
-            twin = cached.get((group, record["method"]), {})
             both = None not in (twin.get("step_seconds"), record.get("step_seconds"))
             record["cache_saving_seconds"] = record["step_seconds"] - twin["step_seconds"] if both else None
             record["cache_speedup"] = _ratio(record.get("step_seconds"), twin.get("step_seconds"))
@@ -80,7 +95,7 @@ def targets(records: list[dict]) -> list[dict]:
     """Where each (model, resolution) stands against issue 8's targets; `met` is None when not measured."""
     rows = []
     for record in records:
-        if not record.get("cache_latents", True):
+        if not _primary(record):
             continue
         for name, key, method, bound, kind in TARGETS:
             if record["method"] != method or ("cpu" in key and record["device"] != "cpu"):
@@ -120,7 +135,7 @@ def table1_estimate(records: list[dict]) -> list[dict]:
     rows = []
     for r in records:
         steps = TABLE1_STEPS.get(r["method"])
-        if r["model"] != "sdxl" or not r.get("cache_latents", True) or steps is None or r.get("step_seconds") is None:
+        if r["model"] != "sdxl" or not _primary(r) or steps is None or r.get("step_seconds") is None:
             continue
         own = r.get("sample_merged_seconds_per_image") or r.get("sample_seconds_per_image")
         source = (
@@ -160,7 +175,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _training_rows(rows: list[dict]) -> list[list[str]]:
     return [
         [
-            r["method"],
+            r["method"] + (" (compiled)" if r.get("compile") else ""),
             _fmt(r["step_seconds"]),
             _fmt(r.get("step_ratio_lora"), ".2f"),
             _fmt(r.get("step_ratio_frozen"), ".2f"),
@@ -241,6 +256,15 @@ def to_markdown(records: list[dict]) -> str:
                 ["method", "s/img", "merged s/img", "×base", "CPU s/img", "merged CPU s/img", "×base"], sampling
             )
         for r in rows:
+            if r.get("compile"):
+                lines += [
+                    "",
+                    f"torch.compile ({r['method']}, inductor): "
+                    f"{_fmt(r['step_seconds'])} s/step compiled, {_fmt(r.get('compile_speedup'), '.2f')}× faster "
+                    f"than eager; its first {r.get('warmup_steps', '?')} warm-up steps, compiling included, took "
+                    f"{_fmt(r.get('first_warmup_seconds'))} s (eager: "
+                    f"{_fmt(twin_of(records, r).get('first_warmup_seconds'))} s).",
+                ]
             if not r.get("cache_latents", True):
                 lines += [
                     "",

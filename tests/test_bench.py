@@ -174,6 +174,25 @@ def test_ratios_from_records():
     assert "| para |" in to_markdown(out)
 
 
+def test_compiled_records_compare_with_compiled_references_and_with_eager():
+    records = [
+        _record("para", 1.0, first_warmup_seconds=3.0),
+        _record("lora", 1.1),
+        _record("para", 0.8, compile=True, first_warmup_seconds=70.0, warmup_steps=2),
+        _record("lora", 0.9, compile=True),
+    ]
+    para, lora, para_c, lora_c = add_ratios(records)
+    assert para["step_ratio_lora"] == pytest.approx(1.0 / 1.1) and "compile_speedup" not in para
+    assert para_c["step_ratio_lora"] == pytest.approx(0.8 / 0.9)  # compiled vs compiled
+    assert para_c["compile_speedup"] == pytest.approx(1.25) and lora_c["compile_speedup"] == pytest.approx(1.1 / 0.9)
+    assert [t["value"] for t in targets(add_ratios(records)) if t["target"] == TARGETS[0][0]] == [
+        pytest.approx(1.0 / 1.1)
+    ]  # the targets read the eager records only
+    md = to_markdown(add_ratios(records))
+    assert "| para (compiled) |" in md and "torch.compile (para, inductor): 0.8 s/step compiled, 1.25× faster" in md
+    assert "first 2 warm-up steps, compiling included, took 70 s (eager: 3 s)" in md
+
+
 def test_table1_estimate_from_sdxl_records():
     sdxl = [
         {**_record("para", 1.5, sample=0.2, merged=0.3), "model": "sdxl", "resolution": 1024, "sample_steps": 5},
@@ -198,6 +217,13 @@ def test_variants_and_unknown_methods():
         bench.variants_of(["para", "loar"], None)
     with pytest.raises(ValueError, match="cache-method"):
         bench.variants_of(["lora"], "para")
+    assert bench.variants_of(["para", "lora"], None, ["lora"]) == [
+        bench.Variant("para"),
+        bench.Variant("lora"),
+        bench.Variant("lora", compile=True),
+    ]
+    with pytest.raises(ValueError, match="compile-methods"):
+        bench.variants_of(["lora"], None, ["para"])
 
 
 def test_materialize_meta_unet_gives_finite_outputs():
@@ -274,3 +300,17 @@ def test_peer_rate_parsing_and_tqdm_ema():
     )
     assert bench_peer.last_tqdm_rate(log) == (3, 1.6)
     assert bench_peer.last_tqdm_rate("no bar here") is None
+
+
+def test_every_unet_attends_through_torch_sdpa():
+    """diffusers' AttnProcessor2_0 calls F.scaled_dot_product_attention, which picks flash / memory-efficient
+    kernels on CUDA by itself; no model we build falls back to the slow explicit-softmax processor."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from para.models import build_random_pipeline
+    from para.param_count import build_sdxl_unet_meta
+
+    for unet in (build_random_pipeline("tiny").unet, build_sdxl_unet_meta()):
+        processors = unet.attn_processors
+        assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
+    assert bench.attention_kernels(build_random_pipeline("tiny").unet) == {"processors": ["AttnProcessor2_0"]}

@@ -21,9 +21,8 @@ LR = {"para": 1e-2, "lora": 1e-3}
 
 
 def _train(pipe, name: str, *extra: str):
-    cfg = compose_config(
-        "model=tiny", f"method={name}", f"method.lr={LR[name]}", "steps=3", f"data.root={DATA_ROOT}", "run_dir=x", *extra
-    )
+    overrides = ["model=tiny", f"method={name}", f"method.lr={LR[name]}", "steps=3", f"data.root={DATA_ROOT}"]
+    cfg = compose_config(*overrides, "run_dir=x", *extra)
     validate(cfg)
     torch.manual_seed(0)  # the same initial adapter for the eager and the compiled run
     method = METHODS[name](cfg.method, "x")

@@ -129,7 +129,8 @@ def test_merged_sampling_runs_the_base_models_own_modules(tiny_pipe, tiny_pipe_t
     assert method.prepare_for_sampling(tiny_pipe.unet, merge=True)
     base_types = {n: type(m) for n, m in tiny_pipe_template.unet.named_modules()}
     assert {n: type(m) for n, m in tiny_pipe.unet.named_modules()} == base_types
-    assert [n for n, _ in tiny_pipe.unet.named_parameters()] == [n for n, _ in tiny_pipe_template.unet.named_parameters()]
+    names = [n for n, _ in tiny_pipe_template.unet.named_parameters()]
+    assert [n for n, _ in tiny_pipe.unet.named_parameters()] == names
     torch.testing.assert_close(_unet_out(tiny_pipe), adapted, rtol=1e-4, atol=1e-5)
     assert method.layers(tiny_pipe.unet) == wrappers  # still reachable (saving works while merged)
     method.finish_sampling(tiny_pipe.unet)
