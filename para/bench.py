@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import os
 
@@ -51,7 +52,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from para.bench_memory import PeakMemory, current_mb, release_memory
-from para.bench_parts import PROMPT, Contestant, Frozen, GradLatents, Settings, Tally, Variant, with_unet
+from para.bench_parts import (
+    PROMPT,
+    VARIANTS,
+    Contestant,
+    Frozen,
+    GradLatents,
+    Settings,
+    Tally,
+    Variant,
+    quiet_gc,
+    with_unet,
+)
 from para.bench_report import add_ratios, to_markdown
 from para.conditioning import SubjectLatents
 from para.config import compose_config
@@ -65,14 +77,6 @@ from para.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-# bench name -> (registry method to compose, extra overrides); None = the frozen floor
-VARIANTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
-    "para": ("para", ()),
-    "lora": ("lora", ()),
-    "lora_attn": ("lora", ("method.subset=attn",)),
-    "dreambooth": ("dreambooth", ()),
-    "frozen": (None, ()),
-}
 # 128 px keeps `small` (SDXL's 320/640 widths) to a few seconds per step on 2 CPU cores.
 RESOLUTIONS = {"tiny": (64,), "small": (128,), "sdxl": (512, 1024)}
 NUM_PHOTOS = 4  # synthetic photos: step cost does not depend on pixel content
@@ -103,6 +107,7 @@ class ModelBench:
             f"seed={settings.seed}",
             f"device={settings.device}",
             f"train.batch_size={settings.batch_size}",
+            f"train.mixed_precision={settings.mixed_precision}",
             "logger=none",
             "run_dir=unused",
         ]
@@ -211,7 +216,7 @@ class ModelBench:
             if merge and not merged:
                 return None, None
             n = self.settings.sample_images
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp, quiet_gc():
                 t0, c0 = time.perf_counter(), time.process_time()
                 generate(
                     contestant.pipe,
@@ -354,17 +359,22 @@ def benchmark(
     prov = provenance(_device(settings.device))
     records = []
     for model in models:
-        pipe = None
+        pipe, model_settings = None, settings
         if model == "sdxl":
             from para.bench_sdxl import build_sdxl_random_pipeline
 
-            if not _device(settings.device).startswith("cuda"):
-                raise ValueError("the real-size SDXL benchmark needs a GPU (bf16 SDXL training on CPU takes hours)")
+            if not _device(settings.device).startswith("cuda") and not resolutions:
+                raise ValueError(
+                    "the real-size SDXL benchmark on CPU needs an explicit --resolution (e.g. 256: SDXL's own layers "
+                    "at a small latent, tens of seconds per step); 512 and 1024 px are for a GPU"
+                )
             pipe = build_sdxl_random_pipeline(_device(settings.device), torch.bfloat16, settings.seed)
+            # one UNet copy at a time: a kept copy per variant (GBs each) would not fit next to the base model
+            model_settings = dataclasses.replace(settings, keep=False)
         elif model not in RESOLUTIONS:
             raise ValueError(f"unknown model {model!r}; expected one of {list(RESOLUTIONS)}")
         for resolution in resolutions or RESOLUTIONS[model]:
-            bench = ModelBench(model, resolution, settings, pipe)
+            bench = ModelBench(model, resolution, model_settings, pipe)
             records += records_of(bench, run_rounds(bench, variants), prov)
             pipe = bench.pipe  # SDXL: build once, reuse for every resolution
             del bench
@@ -401,6 +411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=list(VARIANTS),
         help="also train these with train.compile=true (default: para lora on CUDA, none on CPU)",
     )
+    parser.add_argument(
+        "--mixed-precision",
+        default=defaults.mixed_precision,
+        choices=["auto", "bf16", "fp16", "no"],
+        help="train.mixed_precision of every variant (auto: bf16 autocast on CUDA, none on CPU)",
+    )
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--profile", action="store_true", help="also write a torch.profiler table per variant")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default on CPU: 1, see below)")
@@ -428,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sample_images=args.sample_images,
         sample_steps=args.sample_steps,
         sample_repeats=args.sample_repeats,
+        mixed_precision=args.mixed_precision,
         device=args.device,
         sample_methods=tuple(args.sample_methods),
         profile_dir=args.out if args.profile else None,

@@ -7,8 +7,11 @@ requiring grad so that the backward pass runs through every layer as it does for
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +25,28 @@ from para.sampling import PromptSpec
 from para.trainer import Trainer
 
 PROMPT = PromptSpec(0, "a photo of sks dog", "a photo of dog")
+# bench (and `para.flops`) name -> (registry method to compose, extra overrides); None = the frozen floor
+VARIANTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "para": ("para", ()),
+    "lora": ("lora", ()),
+    "lora_attn": ("lora", ("method.subset=attn",)),
+    "dreambooth": ("dreambooth", ()),
+    "frozen": (None, ()),
+}
+
+
+@contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Collect now and keep Python's cyclic GC out of the timed region (as `timeit` does): a method that leaves
+    more Python objects behind (autograd graphs) would otherwise trigger collections inside another's timing."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -40,6 +65,7 @@ class Settings:
     profile_dir: str | None = None  # write a torch.profiler table of one step per variant here
     seed: int = 0
     device: str = "auto"
+    mixed_precision: str = "auto"  # train.mixed_precision (auto: bf16 autocast on CUDA, none on CPU)
 
 
 @dataclass(frozen=True)
@@ -105,9 +131,10 @@ class Contestant:
         # draw of each step's latents to the end of the step (uncached: the prompt's re-encoding is not counted).
         starts, ends = [], []
         latents = MarkedLatents(self.latents, starts)
-        result = self.trainer.train(
-            latents, PROMPT.prompt, resolution, callbacks=[lambda *_: ends.append(time.process_time())]
-        )
+        with quiet_gc():
+            result = self.trainer.train(
+                latents, PROMPT.prompt, resolution, callbacks=[lambda *_: ends.append(time.process_time())]
+            )
         return result.step_seconds, [b - a for a, b in zip(starts, ends, strict=True)]
 
 

@@ -128,14 +128,16 @@ def targets(records: list[dict]) -> list[dict]:
 def table1_estimate(records: list[dict]) -> list[dict]:
     """Minutes per Table 1 cell (train + sample 100 images) and GPU-hours for 30 subjects, from measured figures.
 
-    Only for the real-size SDXL records. Sampling time per image is scaled from the benchmark's few DDIM steps
-    to 50 in proportion, which also scales the one-off text encoding and VAE decoding: an overestimate.
+    Only for the real-size SDXL records measured on a GPU. Sampling time per image is scaled from the benchmark's
+    few DDIM steps to 50 in proportion, which also scales the one-off text encoding and VAE decoding: an
+    overestimate.
     Evaluation scoring is not included. PaRa samples merged (costs the base model), LoRA unmerged.
     """
     rows = []
     for r in records:
         steps = TABLE1_STEPS.get(r["method"])
-        if r["model"] != "sdxl" or not _primary(r) or steps is None or r.get("step_seconds") is None:
+        on_gpu = r["device"] != "cpu"  # a CPU run of SDXL's real-size UNet (small latents) says nothing of a cell
+        if r["model"] != "sdxl" or not on_gpu or not _primary(r) or steps is None or r.get("step_seconds") is None:
             continue
         own = r.get("sample_merged_seconds_per_image") or r.get("sample_seconds_per_image")
         source = (

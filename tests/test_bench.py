@@ -194,10 +194,11 @@ def test_compiled_records_compare_with_compiled_references_and_with_eager():
 
 
 def test_table1_estimate_from_sdxl_records():
+    gpu = {"model": "sdxl", "resolution": 1024, "device": "cuda:0"}
     sdxl = [
-        {**_record("para", 1.5, sample=0.2, merged=0.3), "model": "sdxl", "resolution": 1024, "sample_steps": 5},
-        {**_record("frozen", 1.0, sample=0.2), "model": "sdxl", "resolution": 1024, "sample_steps": 5},
-        {**_record("dreambooth", 2.0), "model": "sdxl", "resolution": 1024},
+        {**_record("para", 1.5, sample=0.2, merged=0.3), **gpu, "sample_steps": 5},
+        {**_record("frozen", 1.0, sample=0.2), **gpu, "sample_steps": 5},
+        {**_record("dreambooth", 2.0), **gpu},
     ]
     rows = {e["method"]: e for e in table1_estimate(sdxl)}
     # PaRa: 200 steps × 1.5 s + 100 images × 0.3 s × 50/5 steps = 600 s = 10 min; DreamBooth samples like the base.
@@ -208,6 +209,7 @@ def test_table1_estimate_from_sdxl_records():
     cell = [t for t in targets(add_ratios(sdxl)) if t["target"].startswith("Table 1")]
     assert len(cell) == 1 and cell[0]["met"] is True
     assert table1_estimate([_record("para", 1.0)]) == []  # CPU models: no estimate
+    assert table1_estimate([{**sdxl[0], "device": "cpu"}]) == []  # nor SDXL's UNet measured on a CPU
     assert "Table 1 estimate" in to_markdown(add_ratios(sdxl))
 
 
@@ -224,6 +226,8 @@ def test_variants_and_unknown_methods():
     ]
     with pytest.raises(ValueError, match="compile-methods"):
         bench.variants_of(["lora"], None, ["para"])
+    with pytest.raises(ValueError, match="explicit --resolution"):  # before building a 2.6 B-param UNet
+        bench.benchmark(["sdxl"], ["para"], bench.Settings(device="cpu"))
 
 
 def test_materialize_meta_unet_gives_finite_outputs():
