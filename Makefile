@@ -163,9 +163,11 @@ study-sheet: $(STAMP) ## user-study HTML sheet: PaRa vs LoRA side by side, shuff
 	  experiment.steps=[$(PARA_STEPS),$(BASELINE_STEPS)] $(EXP_ARGS)
 
 # ---------------------------------------------------------------------------------------------------------
-# Performance (issue 8): targets are the result files, re-made when the code they measure changes; `make -B bench`
-# re-measures anyway. BENCH_ARGS / PEER_ARGS add flags, e.g. BENCH_ARGS="--threads 1 --rounds 5" on a busy machine.
+# Performance (issue 8): targets are the result files, re-made when the code they measure changes; delete the file
+# to re-measure anyway (`make -B` would also reinstall). BENCH_ARGS / PEER_ARGS add flags, e.g.
+# BENCH_ARGS="--threads 1 --rounds 5" on a busy machine, BENCH_ARGS="--compile-methods para lora" for torch.compile.
 # CPU default: tiny + small (random weights, a few minutes); with a GPU also the real-size SDXL UNet at 512/1024 px.
+# `make flops` needs no weights and no GPU: counted FLOPs of every method on SDXL's real-size UNet (meta device).
 BENCH_OUT     ?= runs/bench
 BENCH_ARGS    ?=
 PEER_ARGS     ?=
@@ -174,9 +176,13 @@ BENCH_SOURCES := $(wildcard para/*.py baselines/*.py conf/method/*.yaml conf/mod
 $(BENCH_OUT)/results.json: $(STAMP) $(BENCH_SOURCES)
 	$(PY) -m para.bench --out $(BENCH_OUT) $(BENCH_ARGS)
 
+$(BENCH_OUT)/flops.json: $(STAMP) $(BENCH_SOURCES)
+	$(PY) -m para.flops --out $(BENCH_OUT)
+
 $(BENCH_OUT)/peer.json: $(STAMP) $(BENCH_SOURCES)
 	$(PY) -m para.bench_peer --out $(BENCH_OUT) $(PEER_ARGS)
 
-.PHONY: bench bench-peer
+.PHONY: bench bench-peer flops
 bench: $(BENCH_OUT)/results.json ## step time, memory, params, file size, sampling, caching: PaRa vs LoRA vs DreamBooth → runs/bench/results.{json,md}
+flops: $(BENCH_OUT)/flops.json ## counted FLOPs per method on SDXL's real-size UNet (no weights, no GPU) + Table 1 cell cost → runs/bench/flops.{json,md}
 bench-peer: $(BENCH_OUT)/peer.json ## our LoRA vs diffusers' train_dreambooth_lora_sdxl.py (../shared/peers), same model → runs/bench/peer.{json,md}

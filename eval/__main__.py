@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="real-photo embedding cache")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     parser.add_argument("--dry-run", action="store_true", help="print the scores, leave metrics.json alone")
+    parser.add_argument(
+        "--no-wandb", action="store_true", help="do not push the new scores to the run's W&B run (default: push)"
+    )
     return parser.parse_args(argv)
 
 
@@ -92,7 +95,23 @@ def rescore(args: argparse.Namespace) -> int:
     if not args.dry_run:
         update_metrics(args.run_dir, scores)
         print(f"updated {args.run_dir / 'metrics.json'}")
+        wandb_info = info.get("wandb") if isinstance(info, dict) else None
+        if wandb_info and not args.no_wandb:
+            push_scores(args.run_dir, wandb_info, scores)
     return 0
+
+
+def push_scores(run_dir: Path, wandb_info: dict[str, Any], scores: dict[str, Any]) -> None:
+    """The run's W&B run gets the new `eval/*` summary and per-prompt table, as a finished run logs them."""
+    from para.loggers import WandbLogger, log_scores
+
+    logger = WandbLogger.reopen(wandb_info, run_dir)
+    try:
+        log_scores(logger, run_dir, scores)
+    finally:
+        logger.finish()
+    where = "offline; `make wandb-sync` uploads it" if wandb_info.get("offline") else logger.run.url
+    print(f"scores pushed to W&B run {wandb_info['id']} ({where})")
 
 
 if __name__ == "__main__":

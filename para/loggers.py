@@ -128,6 +128,25 @@ class WandbLogger:
             reinit="finish_previous",  # multirun cells in one process: never log into the previous cell's run
         )
 
+    @classmethod
+    def reopen(cls, info: dict[str, Any], run_dir: Path) -> WandbLogger:
+        """Continue a finished run's W&B run (`info`: the `wandb` entry of its metrics.json), e.g. to replace its
+        scores after re-scoring; offline runs stay offline (`make wandb-sync` uploads the continuation too)."""
+        import wandb
+
+        logger = cls.__new__(cls)
+        logger.wandb = wandb
+        logger.run = wandb.init(
+            project=info["project"],
+            entity=info.get("entity"),
+            id=info["id"],
+            resume="allow",
+            dir=str(run_dir),
+            mode="offline" if info.get("offline") else None,
+            reinit="finish_previous",
+        )
+        return logger
+
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self.run.log(metrics, step=step)
 

@@ -134,6 +134,31 @@ def test_crashed_run_finishes_with_exit_code_1_and_resume_continues_the_same_wan
     assert second.run_id == first.run_id == metrics["wandb"]["id"]  # one W&B run per run folder
 
 
+def test_rescoring_pushes_the_new_scores_to_the_same_wandb_run(quick_cfg, monkeypatch):
+    """`python -m eval <run>` replaces the scores in metrics.json and in the run's W&B run (same id)."""
+    from eval.__main__ import main as rescore_main
+
+    monkeypatch.setattr(eval_score, "score_run", stand_in_scores)
+    cfg = quick_cfg(*WANDB)
+    execute(cfg)
+
+    def doubled(run_dir, opts=None, **kwargs):  # "better backbones": every score changes
+        scores = stand_in_scores(run_dir)
+        return {**scores, **{k: 2 * scores[k] for k in SCORES}}
+
+    monkeypatch.setattr("eval.__main__.score_run", doubled)
+    assert rescore_main([str(cfg.run_dir), "--backbones", "random", "--no-cache"]) == 0
+    metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
+    first, second = read_offline_runs(cfg.run_dir)
+    assert second.run_id == first.run_id == metrics["wandb"]["id"] and second.exit_code == 0
+    for key in SCORES:
+        assert second.summary[f"eval/{key}"] == pytest.approx(metrics["scores"][key])
+        assert second.summary[f"eval/{key}"] == pytest.approx(2 * first.summary[f"eval/{key}"])
+    assert second.summary["eval/per_prompt"]["nrows"] == 2
+    assert rescore_main([str(cfg.run_dir), "--backbones", "random", "--no-cache", "--no-wandb"]) == 0
+    assert len(read_offline_runs(cfg.run_dir)) == 2  # --no-wandb: nothing pushed
+
+
 def test_large_adapter_files_are_logged_as_references_not_uploads(quick_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(loggers, "UPLOAD_LIMIT_BYTES", 10)
     cfg = quick_cfg("logger=wandb")
