@@ -67,7 +67,7 @@ from para.bench_parts import (
 from para.bench_report import add_ratios, to_markdown
 from para.conditioning import SubjectLatents
 from para.config import compose_config
-from para.io import atomic_write_json, atomic_write_text
+from para.io import atomic_write_text, write_results
 from para.method import Method
 from para.models import load_pipeline
 from para.provenance import provenance
@@ -460,12 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records = benchmark(args.models, args.methods, settings, args.resolution)
     except ValueError as err:
         parser.error(str(err))
-    out = Path(args.out)
-    atomic_write_json(out / "results.json", records)
-    markdown = to_markdown(records)
-    atomic_write_text(out / "results.md", markdown)
-    print(markdown)
-    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    write_results(args.out, "results", records, to_markdown(records))
     return 0
 
 

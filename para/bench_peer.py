@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from para.io import atomic_write_json, atomic_write_text, read_json
+from para.io import read_json, write_results
 from para.provenance import REPO, provenance
 
 PEER_SCRIPT = REPO.parent / "shared" / "peers" / "train_dreambooth_lora_sdxl.py"
@@ -297,10 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         for s in sides
     ]
-    atomic_write_json(out / "peer.json", records)
-    markdown = to_markdown(records)
-    atomic_write_text(out / "peer.md", markdown)
-    print(markdown)
+    write_results(out, "peer", records, to_markdown(records))
     return 0 if all(not r["error"] for r in records) else 1
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from para.bench_parts import VARIANTS
 from para.bench_report import TABLE1_IMAGES, TABLE1_SAMPLE_STEPS, TABLE1_STEPS, TABLE1_SUBJECTS
 from para.config import compose_config
-from para.io import atomic_write_json, atomic_write_text
+from para.io import write_results
 from para.param_count import build_sdxl_unet_meta
 from para.registry import METHODS
 
@@ -230,12 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(r <= 0 or r % 8 for r in args.resolutions):
         parser.error(f"--resolutions {args.resolutions}: expected positive multiples of 8")
     records = measure(args.methods, args.resolutions)
-    out = Path(args.out)
-    atomic_write_json(out / "flops.json", records)
-    markdown = to_markdown(records)
-    atomic_write_text(out / "flops.md", markdown)
-    print(markdown)
-    print(f"wrote {out / 'flops.json'} and {out / 'flops.md'}")
+    write_results(args.out, "flops", records, to_markdown(records))
     return 0
 
 

@@ -47,6 +47,15 @@ def atomic_write_json(path: Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_results(out: Path | str, stem: str, records: list[dict], markdown: str) -> None:
+    """`<out>/<stem>.json` (the records) and `<out>/<stem>.md` (their table), both atomic; prints the table."""
+    out = Path(out)
+    atomic_write_json(out / f"{stem}.json", records)
+    atomic_write_text(out / f"{stem}.md", markdown)
+    print(markdown)
+    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
+
+
 def atomic_save_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
     return _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 

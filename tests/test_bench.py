@@ -45,6 +45,8 @@ def bench_run(tmp_path_factory):
         "1",
         "--sample-steps",
         "1",
+        "--sample-repeats",
+        "1",
         "--threads",
         "1",
         "--out",

@@ -77,3 +77,14 @@ def test_markdown_says_counts_not_timings(records):
     md = flops.to_markdown(list(records.values()))
     assert "**Counts, not timings**" in md and "| para |" in md and "## 64 px" in md
     json.dumps(list(records.values()))  # the results file is plain JSON
+
+
+def test_cli_writes_json_and_markdown(tmp_path):
+    assert flops.main(["--methods", "lora", "frozen", "--resolutions", "64", "--out", str(tmp_path)]) == 0
+    records = json.loads((tmp_path / "flops.json").read_text())
+    assert [(r["model"], r["method"], r["resolution"]) for r in records] == [
+        ("sdxl", "lora", 64),
+        ("sdxl", "frozen", 64),
+    ]
+    assert records[0]["trainable_params"] == 17_280_000  # LoRA r16 on SDXL's ExCA layers (make param-table)
+    assert "## 64 px" in (tmp_path / "flops.md").read_text()
