@@ -182,6 +182,17 @@ $(BENCH_OUT)/flops.json: $(STAMP) $(BENCH_SOURCES)
 $(BENCH_OUT)/peer.json: $(STAMP) $(BENCH_SOURCES)
 	$(PY) -m para.bench_peer --out $(BENCH_OUT) $(PEER_ARGS)
 
+# A GPU machine without network (e.g. the `device` machines: torch, transformers, peft, pandas, no diffusers, hydra or
+# open_clip): `make device-wheels` here, carry .whl/ there, run `make bench-gpu` there.
+DEVICE_WHEELS := diffusers hydra-core omegaconf antlr4-python3-runtime open_clip_torch ftfy wcwidth
+.PHONY: device-wheels bench-gpu
+device-wheels: $(STAMP) ## wheels a torch-only GPU machine lacks (diffusers, hydra, open_clip…) → .whl/ (git-ignored; carry it there)
+	$(PY) -m pip wheel -q --no-deps -c constraints.txt -w .whl $(DEVICE_WHEELS)
+
+bench-gpu: ## on a GPU machine with torch/transformers/peft: install .whl/ offline, then `para.bench` with SDXL → $(BENCH_OUT)
+	python3 -m pip install -q --no-index --no-deps --target .whl/site .whl/*.whl
+	PYTHONPATH=.:.whl/site python3 -m para.bench --models sdxl --out $(BENCH_OUT) $(BENCH_ARGS)
+
 .PHONY: bench bench-peer flops
 bench: $(BENCH_OUT)/results.json ## step time, memory, params, file size, sampling, caching: PaRa vs LoRA vs DreamBooth → runs/bench/results.{json,md}
 flops: $(BENCH_OUT)/flops.json ## counted FLOPs per method on SDXL's real-size UNet (no weights, no GPU) + Table 1 cell cost → runs/bench/flops.{json,md}
