@@ -409,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--compile-methods",
         nargs="*",
         choices=list(VARIANTS),
-        help="also train these with train.compile=true (default: para lora on CUDA, none on CPU)",
+        default=[],
+        help="also train these with train.compile=true (each build compiles: minutes on SDXL; default none)",
     )
     parser.add_argument(
         "--mixed-precision",
@@ -450,11 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile_dir=args.out if args.profile else None,
         keep=not args.rebuild and not _device(args.device).startswith("cuda"),
         cache_method=None if args.cache_method in (None, "none") else args.cache_method,
-        compile_methods=tuple(
-            args.compile_methods
-            if args.compile_methods is not None
-            else [m for m in ("para", "lora") if m in args.methods and _device(args.device).startswith("cuda")]
-        ),
+        compile_methods=tuple(args.compile_methods),
     )
     try:
         records = benchmark(args.models, args.methods, settings, args.resolution)
