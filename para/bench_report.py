@@ -161,6 +161,14 @@ def table1_estimate(records: list[dict]) -> list[dict]:
     return rows
 
 
+def _attention(kernels: dict | None) -> str:
+    """', attention AttnProcessor2_0 (SDPA: flash, mem_efficient)' from a record's `attention` entry."""
+    if not kernels:
+        return ""
+    enabled = [k for k in ("flash", "mem_efficient", "math") if kernels.get(k)]
+    return f", attention {'/'.join(kernels['processors'])}" + (f" (SDPA: {', '.join(enabled)})" if enabled else "")
+
+
 def _fmt(value: Any, spec: str = ".3g") -> str:
     if value is None:
         return "–"
@@ -230,7 +238,7 @@ def to_markdown(records: list[dict]) -> str:
             f"## {group[0]}, {group[1]} px — {first['device']}, {first.get('dtype', '?')} weights, autocast "
             f"{first.get('amp_dtype') or 'off'}, batch {first.get('batch_size')}, "
             f"{_fmt(first.get('unet_params'))} UNet params, torch {prov.get('packages', {}).get('torch')}, "
-            f"{prov.get('threads')} threads, {first.get('rounds')} rounds",
+            f"{prov.get('threads')} threads, {first.get('rounds')} rounds{_attention(first.get('attention'))}",
             "",
         ]
         lines += _table(

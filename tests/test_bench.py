@@ -91,6 +91,7 @@ def test_bench_writes_records_with_required_keys(bench_run):
     assert uncached["cache_saving_seconds"] == pytest.approx(uncached["step_seconds"] - by["para"]["step_seconds"])
     md = (out / "results.md").read_text()
     assert "RANDOM weights" in md and "## tiny, 32 px" in md and "Targets" in md
+    assert "1 rounds, attention AttnProcessor2_0" in md
 
 
 def test_peak_memory_per_method_is_measured_on_linux(bench_run):
