@@ -297,7 +297,7 @@ def para_with_lora(
     para_then_lora: W = (I − QQᵀ)W0, then the LoRA is loaded on top and active at `scale` → (I − QQᵀ)W0 + s·ΔW.
     lora_then_para: the LoRA is loaded, fused at `scale` into W0 and unloaded, then PaRa projects the fused
     weight → (I − QQᵀ)(W0 + s·ΔW). Loading goes through `pipe.load_lora_weights` (diffusers/peft), which reads
-    diffusers, peft and kohya-style SDXL LoRA files.
+    diffusers and peft files (tested) and kohya-style SDXL files (through diffusers' converter, not tested here).
     """
     if order not in LORA_ORDERS:
         raise ValueError(f"unknown order {order!r}; expected one of {list(LORA_ORDERS)}")
