@@ -189,7 +189,7 @@ DEVICE_WHEELS := diffusers hydra-core omegaconf antlr4-python3-runtime open_clip
 device-wheels: $(STAMP) ## wheels a torch-only GPU machine lacks (diffusers, hydra, open_clip…) → .whl/ (git-ignored; carry it there)
 	$(PY) -m pip wheel -q --no-deps -c constraints.txt -w .whl $(DEVICE_WHEELS)
 
-bench-gpu: ## on a GPU machine with torch/transformers/peft: install .whl/ offline, then `para.bench` with SDXL → $(BENCH_OUT)
+bench-gpu: ## on a GPU machine with torch/transformers/peft: install .whl/ offline, then `para.bench` with SDXL → runs/bench (BENCH_OUT)
 	python3 -m pip install -q --no-index --no-deps --target .whl/site .whl/*.whl
 	PYTHONPATH=.:.whl/site python3 -m para.bench --models sdxl --out $(BENCH_OUT) $(BENCH_ARGS)
 
