@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,23 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_configure(config):
+    """Temporary files of this test session (and of the runs it spawns) go to one folder, removed at the end:
+    wandb makes module-level temp folders that a SIGKILLed or submitit child never cleans up."""
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())  # pytest's tmp_path stays where it was
+    scratch = tempfile.mkdtemp(prefix="para-tests-")
+    config.para_scratch = scratch
+    os.environ["TMPDIR"] = scratch
+    tempfile.tempdir = None  # re-read TMPDIR
+
+
+def pytest_unconfigure(config):
+    scratch = getattr(config, "para_scratch", None)
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+
 
 # Overrides that make a full run take seconds: few steps, 1 prompt x 2 images, 2 DDIM steps, random eval nets.
 QUICK = [
