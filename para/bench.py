@@ -146,7 +146,9 @@ class ModelBench:
         with PeakMemory(self.device) as memory:
             params = method.attach(unet)
             # AdamW refuses an empty list; the floor's placeholder never gets a gradient, so it never updates.
-            trainer = Trainer(pipe, method, params or [nn.Parameter(torch.zeros((), device=self.device))], cfg)
+            placeholder = [nn.Parameter(torch.zeros((), device=self.device))]
+            # the peak of the whole region (attach included, e.g. DreamBooth's fp32 upcast) is what PeakMemory reads
+            trainer = Trainer(pipe, method, params or placeholder, cfg, reset_peak_memory=False)
             latents = self.latents[variant.cache_latents]
             contestant = Contestant(
                 variant, method, unet, pipe, trainer, latents if registry_name else GradLatents(latents)

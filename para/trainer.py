@@ -90,9 +90,13 @@ class Trainer:
         cfg: Any,
         checkpoint_dir: Path | None = None,
         train_text: bool = False,
+        reset_peak_memory: bool = True,
     ):
         self.pipe, self.method, self.params, self.cfg = pipe, method, params, cfg
         self.train_text = train_text  # text encoders train: the prompt is re-encoded (with grad) every step
+        # CUDA: `train()` starts a new peak-memory count (the run's training peak); a caller measuring a wider
+        # region itself (para.bench: attach + warm-up) turns that off.
+        self.reset_peak_memory = reset_peak_memory
         self.unet = pipe.unet
         self.device = self.unet.device
         self.checkpoint_dir = checkpoint_dir
@@ -151,7 +155,7 @@ class Trainer:
         prior_cond = encode_prompt(self.pipe, prior[1], resolution) if prior else None
         start, losses, resumed_from = self._resume() if cfg.resume else (0, [], None)
         self.unet.train()
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.reset_peak_memory:
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         step_seconds = []
