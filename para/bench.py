@@ -62,6 +62,8 @@ from para.bench_parts import (
     Tally,
     Variant,
     quiet_gc,
+    variant_method,
+    variant_overrides,
     with_unet,
 )
 from para.bench_report import add_ratios, to_markdown
@@ -71,7 +73,6 @@ from para.io import atomic_write_text, write_results
 from para.method import Method
 from para.models import load_pipeline
 from para.provenance import provenance
-from para.registry import METHODS
 from para.sampling import generate
 from para.trainer import Trainer
 
@@ -125,12 +126,10 @@ class ModelBench:
         self.base_mb = current_mb(self.device)  # the pipeline as a real run holds it, before any benchmark copy
 
     def config(self, variant: Variant) -> DictConfig:
-        method, extra = VARIANTS[variant.method]
         cache = str(variant.cache_latents).lower()
         return compose_config(
             *self.base_overrides,
-            f"method={method or 'para'}",
-            *extra,
+            *variant_overrides(variant.method),
             f"steps={self.settings.steps}",
             f"train.cache_latents={cache}",
             f"train.compile={str(variant.compile).lower()}",
@@ -139,8 +138,8 @@ class ModelBench:
     def build(self, variant: Variant, tally: Tally | None) -> Contestant:
         """Copy the base UNet, attach, build the trainer, train the warm-up steps; measure memory into `tally`."""
         cfg = self.config(variant)
-        registry_name, _ = VARIANTS[variant.method]
-        method = METHODS[registry_name](cfg.method, "bench") if registry_name else Frozen({}, "bench")
+        method = variant_method(variant.method, cfg.method, "bench")
+        trains = not isinstance(method, Frozen)
         unet = copy.deepcopy(self.pipe.unet)
         pipe = with_unet(self.pipe, unet)
         with PeakMemory(self.device) as memory:
@@ -150,9 +149,7 @@ class ModelBench:
             # the peak of the whole region (attach included, e.g. DreamBooth's fp32 upcast) is what PeakMemory reads
             trainer = Trainer(pipe, method, params or placeholder, cfg, reset_peak_memory=False)
             latents = self.latents[variant.cache_latents]
-            contestant = Contestant(
-                variant, method, unet, pipe, trainer, latents if registry_name else GradLatents(latents)
-            )
+            contestant = Contestant(variant, method, unet, pipe, trainer, latents if trains else GradLatents(latents))
             t0 = time.perf_counter()
             contestant.train(self.settings.warmup, self.resolution)
             contestant.warmup_seconds = time.perf_counter() - t0
@@ -167,8 +164,8 @@ class ModelBench:
                 trainable_params=sum(p.numel() for p in params),
                 dtype=str(unet.dtype).removeprefix("torch."),
                 amp_dtype=str(trainer.amp_dtype).removeprefix("torch.") if trainer.amp_dtype else None,
-                adapter_file_bytes=self._file_size(method, unet) if registry_name else None,
-                method_config=OmegaConf.to_container(cfg.method) if registry_name else None,
+                adapter_file_bytes=self._file_size(method, unet) if trains else None,
+                method_config=OmegaConf.to_container(cfg.method) if trains else None,
             )
         return contestant
 
@@ -322,6 +319,8 @@ def run_rounds(bench: ModelBench, variants: list[Variant]) -> dict[Variant, Tall
 
 
 def records_of(bench: ModelBench, tallies: dict[Variant, Tally], prov: dict) -> list[dict]:
+    unet_params = sum(p.numel() for p in bench.pipe.unet.parameters())
+    attention = attention_kernels(bench.pipe.unet)
     records = []
     for variant, t in tallies.items():
         records.append(
@@ -340,8 +339,8 @@ def records_of(bench: ModelBench, tallies: dict[Variant, Tally], prov: dict) -> 
                 "peak_increase_mb_all": t.values.get("peak_increase_mb", []),
                 "memory_measure": "cuda max_memory_allocated" if bench.device.type == "cuda" else "VmHWM",
                 "sample_steps": bench.settings.sample_steps if t.values.get("sample_seconds_per_image") else None,
-                "unet_params": sum(p.numel() for p in bench.pipe.unet.parameters()),
-                "attention": attention_kernels(bench.pipe.unet),
+                "unet_params": unet_params,
+                "attention": attention,
                 "rounds": bench.settings.rounds,
                 "warmup_steps": bench.settings.warmup,
                 "first_warmup_seconds": t.first("first_warmup_seconds", "warmup_seconds"),

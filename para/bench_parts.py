@@ -21,6 +21,7 @@ from torch import nn
 
 from para.conditioning import SubjectLatents
 from para.method import Method
+from para.registry import METHODS
 from para.sampling import PromptSpec
 from para.trainer import Trainer
 
@@ -160,6 +161,18 @@ class Frozen(Method):
     def attach(self, unet: nn.Module) -> list[nn.Parameter]:
         unet.requires_grad_(False)
         return []
+
+
+def variant_overrides(name: str) -> list[str]:
+    """Config overrides composing bench variant `name`'s method (the floor composes PaRa's config, unused)."""
+    registry_name, extra = VARIANTS[name]
+    return [f"method={registry_name or 'para'}", *extra]
+
+
+def variant_method(name: str, method_cfg: Any, base_model: str) -> Method:
+    """Bench variant `name` as a method of the registry (the floor: `Frozen`), not yet attached."""
+    registry_name, _ = VARIANTS[name]
+    return METHODS[registry_name](method_cfg, base_model) if registry_name else Frozen({}, base_model)
 
 
 class GradLatents:

@@ -57,32 +57,27 @@ def _primary(record: dict) -> bool:
     return record.get("cache_latents", True) and not record.get("compile", False)
 
 
-def twin_of(records: list[dict], record: dict) -> dict:
-    """The primary (cached, eager) record of the same method, model and resolution; {} if none."""
-    same = (r for r in records if _primary(r) and r["method"] == record["method"] and _group(r) == _group(record))
-    return next(same, {})
-
-
 def add_ratios(records: list[dict]) -> list[dict]:
     """Each record with its ratios to LoRA and to the frozen floor, and what caching and compiling change.
 
     A ratio is None when its reference method was not run or has no value. Compiled records are compared with
     compiled references where those were run (PaRa compiled vs LoRA compiled) and get `compile_speedup` (eager ÷
-    compiled step time of the same method). Records trained without cached latents get `cache_saving_seconds`
-    (uncached − cached step time of the same method) instead.
+    compiled step time of the same method) and the eager twin's first warm-up time. Records trained without
+    cached latents get `cache_saving_seconds` (uncached − cached step time of the same method) instead.
     """
     cached = {(_group(r), r["method"], r.get("compile", False)): r for r in records if r.get("cache_latents", True)}
     out = []
     for record in records:
         record = dict(record)
         group, compiled = _group(record), record.get("compile", False)
-        twin = twin_of(records, record)
+        twin = cached.get((group, record["method"], False), {})  # the same method, cached, eager
         if record.get("cache_latents", True):
             for key, value_key, reference, reference_key in RATIOS:
                 ref = cached.get((group, reference, compiled))
                 record[key] = _ratio(record.get(value_key), ref.get(reference_key) if ref else None)
             if compiled:
                 record["compile_speedup"] = _ratio(twin.get("step_seconds"), record.get("step_seconds"))
+                record["eager_first_warmup_seconds"] = twin.get("first_warmup_seconds")
         else:
             both = None not in (twin.get("step_seconds"), record.get("step_seconds"))
             record["cache_saving_seconds"] = record["step_seconds"] - twin["step_seconds"] if both else None
@@ -273,7 +268,7 @@ def to_markdown(records: list[dict]) -> str:
                     f"{_fmt(r['step_seconds'])} s/step compiled, {_fmt(r.get('compile_speedup'), '.2f')}× faster "
                     f"than eager; its first {r.get('warmup_steps', '?')} warm-up steps, compiling included, took "
                     f"{_fmt(r.get('first_warmup_seconds'))} s (eager: "
-                    f"{_fmt(twin_of(records, r).get('first_warmup_seconds'))} s).",
+                    f"{_fmt(r.get('eager_first_warmup_seconds'))} s).",
                 ]
             if not r.get("cache_latents", True):
                 lines += [

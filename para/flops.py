@@ -3,7 +3,7 @@
     python -m para.flops [--resolutions 512 1024] [--out runs/bench]        # `make flops`, seconds on a CPU
 
 SDXL 1.0's UNet and VAE are built on the meta device (shapes only, no weights, no memory) and every bench variant
-(`para.bench.VARIANTS`: PaRa r16 ExCA, LoRA r16 on the same layers, LoRA r16 on attention, DreamBooth, the frozen
+(`para.bench_parts.VARIANTS`: PaRa r16 ExCA, LoRA r16 on the same layers, LoRA r16 on attention, DreamBooth, the frozen
 floor) is attached through the registry exactly as a run attaches it. `torch.utils.flop_counter.FlopCounterMode`
 then counts one training step (forward, the SDXL loss, backward) and one sampling forward at batch 1. It counts
 matrix products, convolutions and attention (2 FLOPs per multiply-add); norms, activations and elementwise ops are
@@ -26,14 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from para.bench_parts import VARIANTS
+from para.bench_parts import VARIANTS, variant_method, variant_overrides
 from para.bench_report import TABLE1_IMAGES, TABLE1_SAMPLE_STEPS, TABLE1_STEPS, TABLE1_SUBJECTS
 from para.config import compose_config
 from para.io import write_results
 from para.param_count import build_sdxl_unet_meta
-from para.registry import METHODS
 
-SAMPLED_MERGED = {"para"}  # sampled with the adapter baked into the weights: the base model's forward
 TOKENS = 77  # CLIP's context length
 CELL_MINUTES = 10.0  # issue 8's target for one Table 1 cell on one H100 at 1024 px
 
@@ -96,17 +94,6 @@ def vae_decode_flops(resolution: int, vae_config: dict | None = None) -> int:
         return count(lambda: vae.decode(latents))
 
 
-def attach(unet: nn.Module, variant: str) -> int:
-    """Attach `variant` through the registry (as a run does); returns its trainable parameter count."""
-    registry_name, extra = VARIANTS[variant]
-    if registry_name is None:
-        unet.requires_grad_(False)
-        return 0
-    cfg = compose_config(f"method={registry_name}", *extra, "run_dir=unused")
-    params = METHODS[registry_name](cfg.method, "flops").attach(unet)
-    return sum(p.numel() for p in params)
-
-
 def measure(
     variants: Sequence[str],
     resolutions: Sequence[int],
@@ -114,18 +101,22 @@ def measure(
     vae_config: dict | None = None,
     model: str = "sdxl",
 ) -> list[dict]:
-    """Records per (resolution, variant); `base` (a meta-device UNet) and `vae_config` default to SDXL's."""
+    """Records per (resolution, variant); `base` (a meta-device UNet) and `vae_config` default to SDXL's.
+
+    Each variant is attached once through the registry, as a run attaches it, and counted at every resolution;
+    sampling is counted in the method's own sampling form (`prepare_for_sampling`: PaRa merged, LoRA at its scale).
+    """
     base = base if base is not None else build_sdxl_unet_meta()
+    decode = {resolution: vae_decode_flops(resolution, vae_config) for resolution in resolutions}
     records = []
-    for resolution in resolutions:
-        base_forward = sample_forward_flops(base, resolution)
-        decode = vae_decode_flops(resolution, vae_config)
-        for variant in variants:
-            unet = copy.deepcopy(base)
-            trainable = attach(unet, variant)
-            train = train_step_flops(unet, resolution, floor=variant == "frozen")
-            unet.requires_grad_(False)
-            forward = base_forward if variant in SAMPLED_MERGED else sample_forward_flops(unet, resolution)
+    for variant in variants:
+        unet = copy.deepcopy(base)
+        method = variant_method(variant, compose_config(*variant_overrides(variant), "run_dir=unused").method, model)
+        trainable = sum(p.numel() for p in method.attach(unet))
+        train = {r: train_step_flops(unet, r, floor=variant == "frozen") for r in resolutions}
+        method.prepare_for_sampling(unet, merge=True)
+        unet.requires_grad_(False)
+        for resolution in resolutions:
             records.append(
                 {
                     "method": variant,
@@ -133,11 +124,12 @@ def measure(
                     "resolution": resolution,
                     "weights": "none (meta device: counted, not run)",
                     "trainable_params": trainable,
-                    "train_step_flops": train,
-                    "sample_forward_flops": forward,
-                    "vae_decode_flops": decode,
+                    "train_step_flops": train[resolution],
+                    "sample_forward_flops": sample_forward_flops(unet, resolution),
+                    "vae_decode_flops": decode[resolution],
                 }
             )
+    records.sort(key=lambda r: list(resolutions).index(r["resolution"]))  # by resolution, variants in order
     return add_cell_costs(add_flop_ratios(records))
 
 
