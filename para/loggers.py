@@ -106,26 +106,38 @@ class JsonlLogger:
 class WandbLogger:
     """W&B run: group = method, tags = subject / steps / seed / model, name = the run folder below `runs/`.
 
-    `resume_id`: the id of this run folder's earlier W&B run, so `resume=true` continues the same W&B run.
+    `start` begins (or, given `resume_id`, continues) a run folder's W&B run; `reopen` continues a finished one.
     """
 
-    def __init__(self, cfg: Any, run_dir: Path, config_dict: dict[str, Any], resume_id: str | None = None):
+    def __init__(self, run: Any):
         import wandb
 
-        self.wandb = wandb
-        self.run = wandb.init(
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            mode=cfg.logger.mode,
-            group=cfg.method.name,
-            job_type="train",
-            name=run_name(run_dir),
-            dir=str(run_dir),
-            config=config_dict,
-            tags=[f"subject:{cfg.subject.name}", f"steps:{cfg.steps}", f"seed:{cfg.seed}", f"model:{cfg.model.name}"],
-            id=resume_id,
-            resume="allow" if resume_id else None,
-            reinit="finish_previous",  # multirun cells in one process: never log into the previous cell's run
+        self.wandb, self.run = wandb, run
+
+    @classmethod
+    def start(cls, cfg: Any, run_dir: Path, config_dict: dict[str, Any], resume_id: str | None = None) -> WandbLogger:
+        import wandb
+
+        return cls(
+            wandb.init(
+                project=cfg.logger.project,
+                entity=cfg.logger.entity,
+                mode=cfg.logger.mode,
+                group=cfg.method.name,
+                job_type="train",
+                name=run_name(run_dir),
+                dir=str(run_dir),
+                config=config_dict,
+                tags=[
+                    f"subject:{cfg.subject.name}",
+                    f"steps:{cfg.steps}",
+                    f"seed:{cfg.seed}",
+                    f"model:{cfg.model.name}",
+                ],
+                id=resume_id,
+                resume="allow" if resume_id else None,
+                reinit="finish_previous",  # multirun cells in one process: never log into the previous cell's run
+            )
         )
 
     @classmethod
@@ -134,18 +146,17 @@ class WandbLogger:
         scores after re-scoring; offline runs stay offline (`make wandb-sync` uploads the continuation too)."""
         import wandb
 
-        logger = cls.__new__(cls)
-        logger.wandb = wandb
-        logger.run = wandb.init(
-            project=info["project"],
-            entity=info.get("entity"),
-            id=info["id"],
-            resume="allow",
-            dir=str(run_dir),
-            mode="offline" if info.get("offline") else None,
-            reinit="finish_previous",
+        return cls(
+            wandb.init(
+                project=info["project"],
+                entity=info.get("entity"),
+                id=info["id"],
+                resume="allow",
+                dir=str(run_dir),
+                mode="offline" if info.get("offline") else None,
+                reinit="finish_previous",
+            )
         )
-        return logger
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self.run.log(metrics, step=step)
@@ -214,7 +225,7 @@ def build_logger(cfg: Any, run_dir: Path, config_dict: dict[str, Any], previous:
     loggers: list[Any] = [JsonlLogger(run_dir / "log.jsonl")]
     if cfg.logger.name == "wandb":
         resume_id = (previous or {}).get("wandb", {}).get("id") if cfg.resume else None
-        loggers.append(WandbLogger(cfg, run_dir, config_dict, resume_id))
+        loggers.append(WandbLogger.start(cfg, run_dir, config_dict, resume_id))
     return MultiLogger(loggers)
 
 
