@@ -18,6 +18,8 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from para.io import atomic_write_text
+
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 
 # name: (UNet widths, transformer depth per block, text hidden sizes (enc1, enc2), VAE widths, heads per block)
@@ -69,9 +71,11 @@ def clip_tokenizer_files() -> tuple[str, str]:
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     cache = Path(os.environ.get("PARA_CACHE", Path.home() / ".cache" / "para")) / "clip_tokenizer"
     cache.mkdir(parents=True, exist_ok=True)
-    vocab_file, merges_file = cache / "vocab.json", cache / "merges.txt"
-    vocab_file.write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
-    merges_file.write_text("#version: 0.2\n" + "\n".join(" ".join(p) for p in pairs) + "\n")
+    # Atomic (temp file + rename): parallel sweep cells share this cache, and a cell reading a file another is
+    # rewriting in place got a truncated vocabulary ("Token ... out of vocabulary").
+    vocab_file = atomic_write_text(cache / "vocab.json", json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    merges_text = "#version: 0.2\n" + "\n".join(" ".join(p) for p in pairs) + "\n"
+    merges_file = atomic_write_text(cache / "merges.txt", merges_text)
     return str(vocab_file), str(merges_file)
 
 

@@ -155,3 +155,21 @@ def test_reproduce_table1_remakes_only_unfinished_cells(tmp_path):
                 path.unlink(missing_ok=True)
             else:
                 path.write_bytes(data)
+
+
+def test_tokenizer_cache_files_are_replaced_never_rewritten_in_place(tmp_path, monkeypatch):
+    """Parallel sweep cells share the tiny models' tokenizer cache: a cell reading it while another rebuilds it
+    must see a whole file (a rewrite in place once gave "Token ... out of vocabulary")."""
+    import os
+
+    from para.models import clip_tokenizer_files
+
+    monkeypatch.setenv("PARA_CACHE", str(tmp_path))
+    build = clip_tokenizer_files.__wrapped__  # past the per-process cache
+    files = build()
+    inodes = [os.stat(f).st_ino for f in files]
+    with open(files[0]) as held:  # a reader that opened the old vocabulary
+        build()
+        assert len(json.loads(held.read())) == 49408  # still reads the whole old file
+    assert [os.stat(f).st_ino for f in files] != inodes  # new files renamed into place
+    assert len(json.loads(Path(files[0]).read_text())) == 49408
