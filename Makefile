@@ -50,11 +50,11 @@ lint: $(STAMP) ## ruff lint + format check
 
 .PHONY: weights
 weights: $(STAMP) ## download SDXL base + the evaluation backbones into the local HF cache (needs internet)
-	$(PY) -m para.weights
+	$(PY) -m para.run.weights
 
 .PHONY: param-table
 param-table: $(STAMP) ## trainable parameters (PaRa vs LoRA by rank/subset/γ, and every method) on the real SDXL UNet architecture
-	$(PY) -m para.param_count --out runs/param_count
+	$(PY) -m para.bench.param_count --out runs/param_count
 
 .PHONY: clean-tiny
 clean-tiny: ## remove the tiny-model runs (runs/tiny)
@@ -116,7 +116,7 @@ endif
 .PHONY: dashboard
 dashboard: $(STAMP) ## create the W&B report + workspace comparing methods (WANDB_ENTITY=..., after `wandb login`)
 	@test -n "$(WANDB_ENTITY)" || { echo "set WANDB_ENTITY=<your W&B user or team>"; exit 2; }
-	$(PY) -m para.dashboard --entity $(WANDB_ENTITY) --project $(WANDB_PROJECT) --model $(MODEL) --workspace
+	$(PY) -m para.tracking.dashboard --entity $(WANDB_ENTITY) --project $(WANDB_PROJECT) --model $(MODEL) --workspace
 
 .PHONY: wandb-sync
 wandb-sync: $(STAMP) ## upload offline W&B runs (WANDB_MODE=offline on compute nodes) from runs/ once online
@@ -177,10 +177,10 @@ $(BENCH_OUT)/results.json: $(STAMP) $(BENCH_SOURCES)
 	$(PY) -m para.bench --out $(BENCH_OUT) $(BENCH_ARGS)
 
 $(BENCH_OUT)/flops.json: $(STAMP) $(BENCH_SOURCES)
-	$(PY) -m para.flops --out $(BENCH_OUT)
+	$(PY) -m para.bench.flops --out $(BENCH_OUT)
 
 $(BENCH_OUT)/peer.json: $(STAMP) $(BENCH_SOURCES)
-	$(PY) -m para.bench_peer --out $(BENCH_OUT) $(PEER_ARGS)
+	$(PY) -m para.bench.peer --out $(BENCH_OUT) $(PEER_ARGS)
 
 # A GPU machine without network (e.g. the `device` machines: torch, transformers, peft, pandas, no diffusers, hydra or
 # open_clip): `make device-wheels` here, carry .whl/ there, run `make bench-gpu` there.
@@ -189,7 +189,7 @@ DEVICE_WHEELS := diffusers hydra-core omegaconf antlr4-python3-runtime open_clip
 device-wheels: $(STAMP) ## wheels a torch-only GPU machine lacks (diffusers, hydra, open_clip…) → .whl/ (git-ignored; carry it there)
 	$(PY) -m pip wheel -q --no-deps -c constraints.txt -w .whl $(DEVICE_WHEELS)
 
-bench-gpu: ## on a GPU machine with torch/transformers/peft: install .whl/ offline, then `para.bench` with SDXL → runs/bench (BENCH_OUT)
+bench-gpu: ## on a GPU machine with torch/transformers/peft: install .whl/ offline, then `para.bench.compare` with SDXL → runs/bench (BENCH_OUT)
 	python3 -m pip install -q --no-index --no-deps --target .whl/site .whl/*.whl
 	PYTHONPATH=.:.whl/site python3 -m para.bench --models sdxl --out $(BENCH_OUT) $(BENCH_ARGS)
 

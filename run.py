@@ -15,11 +15,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from para.config import register_configs
-from para.data import DataError
-from para.method import AdapterFileError
-from para.models import ModelLoadError
-from para.sweep import cell_failed
+from para.core.data import DataError
+from para.core.method import AdapterFileError
+from para.core.models import ModelLoadError
+from para.run.config import register_configs
+from para.tracking.sweep import cell_failed
 
 register_configs()
 log = logging.getLogger("run")
@@ -30,13 +30,13 @@ USER_ERRORS = (ModelLoadError, DataError, AdapterFileError, ValueError)
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
-    from para.runner import execute
+    from para.run.runner import execute
 
     try:
         metrics = execute(cfg)
     except Exception as err:
         _remove_empty_run_dir()
-        if _is_multirun():  # the sweep goes on; para.sweep.SweepReport lists the failed cells at the end
+        if _is_multirun():  # the sweep goes on; para.tracking.sweep.SweepReport lists the failed cells at the end
             return cell_failed(err, traceback=not isinstance(err, USER_ERRORS))
         if not isinstance(err, USER_ERRORS):
             raise

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from para.method import Method
-from para.models import resolve_dtype
+from para.core.method import Method
+from para.core.models import resolve_dtype
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 

@@ -18,7 +18,7 @@ from peft import LoraConfig
 from torch import Tensor, nn
 
 from baselines.peft_adapter import ADAPTER, PeftAdapter
-from para.method import check_rank
+from para.core.method import check_rank
 
 
 @dataclass

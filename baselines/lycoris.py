@@ -29,8 +29,8 @@ from peft.tuners.oft.layer import OFTRotationModule
 from torch import Tensor, nn
 
 from baselines.peft_adapter import PeftAdapter
-from para.method import check_rank
-from para.subsets import select_modules
+from para.core.method import check_rank
+from para.core.subsets import select_modules
 
 
 @dataclass

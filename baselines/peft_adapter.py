@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 from peft import PeftConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor, nn
 
-from para.method import Method
-from para.subsets import check_subset, select_modules
+from para.core.method import Method
+from para.core.subsets import check_subset, select_modules
 
 ADAPTER = "default"
 

@@ -103,7 +103,7 @@ def rescore(args: argparse.Namespace) -> int:
 
 def push_scores(run_dir: Path, wandb_info: dict[str, Any], scores: dict[str, Any]) -> None:
     """The run's W&B run gets the new `eval/*` summary and per-prompt table, as a finished run logs them."""
-    from para.loggers import WandbLogger, log_scores
+    from para.tracking.loggers import WandbLogger, log_scores
 
     logger = WandbLogger.reopen(wandb_info, run_dir)
     try:

@@ -1,4 +1,4 @@
-"""Evaluation options: the fields of `para.config.EvalConfig`, readable from any object or mapping.
+"""Evaluation options: the fields of `para.run.config.EvalConfig`, readable from any object or mapping.
 
 `eval` never imports the trainer's package, so it carries its own frozen (hashable, hence cacheable) copy of
 the schema and accepts anything with those attributes: the Hydra node, a plain dict, a `run_info["eval"]`.
@@ -16,7 +16,7 @@ RANDOM_BANNER = "random backbones: not comparable with any paper"
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What to score with. Defaults are those of `para.config.EvalConfig`."""
+    """What to score with. Defaults are those of `para.run.config.EvalConfig`."""
 
     backbones: str = "pretrained"  # pretrained | random (random: offline tests only; outputs are flagged)
     dino: str = "facebook/dino-vits16"  # hub id or local folder of a transformers ViTModel

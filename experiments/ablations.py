@@ -25,7 +25,7 @@ import pandas as pd
 from eval.table import collect_runs
 from experiments.common import REPO, Experiment, compose, load_experiment, main_entry, merge_overrides
 from experiments.report import banners, flags, label_grid, open_images, write_provenance, write_table
-from para.io import read_json
+from para.core.io import read_json
 
 log = logging.getLogger("experiments.ablations")
 METRICS = ["dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim"]

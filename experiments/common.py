@@ -5,7 +5,7 @@ conf/experiment/<name>.yaml, whose `experiment:` node holds the experiment's own
 overrides. So `model=tiny`, `eval.backbones=random`, `sample.steps=4`, `data.root=...` and
 `experiment.<key>=...` all work the same way on every command, and typos fail at composition.
 
-Adapters always come from the harness itself: `train()` composes a run config and calls `para.runner.execute`,
+Adapters always come from the harness itself: `train()` composes a run config and calls `para.run.runner.execute`,
 which writes the run folder (or skips it when a finished run is already there).
 """
 
@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from para.config import register_configs, validate
-from para.method import Method
-from para.models import load_pipeline, model_id, resolve_device
-from para.registry import METHODS
-from para.runner import execute, finished_metrics
-from para.sampling import PromptSpec, generate, image_name
+from para.core.method import Method
+from para.core.models import load_pipeline, model_id, resolve_device
+from para.core.sampling import PromptSpec, generate, image_name
+from para.run.config import register_configs, validate
+from para.run.registry import METHODS
+from para.run.runner import execute, finished_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -287,9 +287,9 @@ def main_entry(run: Any) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from para.data import DataError
-    from para.method import AdapterFileError
-    from para.models import ModelLoadError
+    from para.core.data import DataError
+    from para.core.method import AdapterFileError
+    from para.core.models import ModelLoadError
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
     try:

@@ -34,8 +34,8 @@ from experiments.common import (
 )
 from experiments.report import file_digest, flags, label_grid, sampling_fingerprint, write_outputs
 from experiments.scoring import Scorer
-from para.data import image_files, subject_dir
-from para.sampling import PromptSpec, read_prompts
+from para.core.data import image_files, subject_dir
+from para.core.sampling import PromptSpec, read_prompts
 
 
 @dataclass

@@ -34,7 +34,7 @@ from experiments.common import (
 from experiments.report import condition_grid, file_digest, sampling_fingerprint, write_outputs
 from experiments.scoring import score_conditions
 from para.combine import CombinedPaRa, check_mode
-from para.sampling import PromptSpec
+from para.core.sampling import PromptSpec
 
 
 @dataclass

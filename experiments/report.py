@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
 from eval.table import BANNER as RANDOM_BACKBONES_BANNER
-from para.io import atomic_write_json, atomic_write_text
-from para.provenance import provenance
+from para.core.io import atomic_write_json, atomic_write_text
+from para.core.provenance import provenance
 
 LABEL_WIDTH = 150
 HEADER_HEIGHT = 18
@@ -111,7 +111,7 @@ def add_flags(frame: pd.DataFrame, flag: dict[str, Any]) -> pd.DataFrame:
 
 def write_provenance(exp: Any, folder: Path, **extra: Any) -> Path:
     """`provenance.json`: what produced the outputs (git SHA, packages, device, config, runs, flags)."""
-    from para.models import model_id
+    from para.core.models import model_id
 
     record = {
         "experiment": exp.name,
@@ -151,7 +151,7 @@ def reset_if_changed(folder: Path, fingerprint: dict[str, Any]) -> None:
 
 def sampling_fingerprint(exp: Any, specs: Sequence[Any], **parts: Any) -> dict[str, Any]:
     """What determines a samples folder's images: prompts, sampling settings, seed, base model, plus `parts`."""
-    from para.models import model_id
+    from para.core.models import model_id
 
     return {
         "prompts": [s.prompt for s in specs],
@@ -173,7 +173,7 @@ def condition_grid(
 ) -> Image.Image:
     """A row with each subject's first photo, then one row per condition: image 0 of every prompt."""
     from eval.score import real_photo_paths
-    from para.sampling import image_name
+    from para.core.sampling import image_name
 
     photos = open_images([real_photo_paths(data_root, s)[0] for s in subjects])
     rows = [("photos: " + " | ".join(subjects), photos)]

@@ -20,7 +20,7 @@ from eval import metrics
 from eval.backbones import load_backbones
 from eval.options import EvalOptions
 from eval.score import DEFAULT_CACHE_DIR, cached_embeddings, load_image, real_photo_paths
-from para.sampling import read_prompts
+from para.core.sampling import read_prompts
 
 
 class Scorer:

@@ -25,8 +25,8 @@ import pandas as pd
 from eval.score import load_image, real_photo_paths
 from experiments.common import Experiment, load_experiment, main_entry, subject_info, train
 from experiments.report import banners, flags, label_grid, write_provenance, write_table
-from para.io import atomic_write_json, atomic_write_text
-from para.sampling import read_prompts
+from para.core.io import atomic_write_json, atomic_write_text
+from para.core.sampling import read_prompts
 
 CONF_PRESETS = Path(__file__).resolve().parent.parent / "conf" / "experiment"
 CHOICES = ("L", "R", "none")

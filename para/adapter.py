@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from para.core.method import check_rank
 from para.layers import INITS, PaRaLayer, initial_b, out_features
 from para.layerwise import LayerwiseMethod
-from para.method import check_rank
 
 
 @dataclass

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from para.adapter import PaRa, effective_rank, unwrap_merged
+from para.core.method import AdapterFileError, as_dataclass, check_adapter_metadata, read_adapter_file
 from para.layers import PaRaLayer, flat_weight, orthonormal_basis, out_features
-from para.method import AdapterFileError, as_dataclass, check_adapter_metadata, read_adapter_file
 
 MODES = ("concat", "sequential", "additive")
 NAME = "para_combined"

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from para.adapter import PaRa, unwrap_merged
-from para.models import load_pipeline, model_id, resolve_device
+from para.core.models import load_pipeline, model_id, resolve_device
 
 
 def export_merged_unet(run_dir: Path, out_dir: Path, device: str = "cpu") -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from para.para_function import ConvArgs, frozen_output, para_projection
+from para.function import ConvArgs, frozen_output, para_projection
 
 INITS = ("gaussian", "weakest")
 

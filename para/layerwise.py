@@ -1,6 +1,6 @@
 """Methods that wrap each selected Linear/Conv2d in a layer adding a trainable weight change ΔW.
 
-Shared by `svdiff` and `para_authors` (PAPER.md §5, §7): select the layers of a subset (para.subsets), wrap
+Shared by `svdiff` and `para_authors` (PAPER.md §5, §7): select the layers of a subset (para.core.subsets), wrap
 each, train the wrappers' own parameters, save them under `<module name>.<parameter name>`, and for sampling
 bake W0 + ΔW into the frozen weight (`merge`) and take it out again afterwards (`unmerge`), as PaRa does.
 While merged, the wrappers are parked outside the UNet and the bare base layers (holding the merged weights) sit
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from para.core.method import Method
+from para.core.subsets import check_subset, select_modules
 from para.layers import flat_weight
-from para.method import Method
-from para.subsets import check_subset, select_modules
 
 
 def apply_weight(base: nn.Linear | nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

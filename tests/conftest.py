@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from para.config import compose_config  # noqa: F401 (re-exported for the tests)
+from para.run.config import compose_config  # noqa: F401 (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = (REPO.parent / "shared" / "dreambooth" / "dataset").resolve()
@@ -53,7 +53,7 @@ QUICK = [
 
 @pytest.fixture(scope="session")
 def tiny_pipe_template():
-    from para.models import build_random_pipeline
+    from para.core.models import build_random_pipeline
 
     return build_random_pipeline("tiny", seed=0)
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from para import bench, bench_peer
-from para.bench_memory import PeakMemory
-from para.bench_report import TARGETS, add_ratios, table1_estimate, targets, to_markdown
+from para.bench import compare as bench
+from para.bench import peer as bench_peer
+from para.bench.memory import PeakMemory
+from para.bench.report import TARGETS, add_ratios, table1_estimate, targets, to_markdown
 
 REQUIRED = {
     "method",
@@ -236,8 +237,8 @@ def test_variants_and_unknown_methods():
 def test_materialize_meta_unet_gives_finite_outputs():
     from diffusers import UNet2DConditionModel
 
-    from para.bench_sdxl import materialize
-    from para.models import build_random_pipeline
+    from para.bench.sdxl import materialize
+    from para.core.models import build_random_pipeline
 
     pipe = build_random_pipeline("tiny")
     with torch.device("meta"):
@@ -253,9 +254,9 @@ def test_sdxl_pipeline_builder_on_tiny_components():
     """The GPU-only SDXL path, with the tiny model's shapes: random materialized UNet, text encoders, VAE."""
     from diffusers import UNet2DConditionModel
 
-    from para.bench_sdxl import build_sdxl_random_pipeline
-    from para.conditioning import encode_prompt
-    from para.models import RANDOM_SHAPES, build_random_pipeline
+    from para.bench.sdxl import build_sdxl_random_pipeline
+    from para.core.conditioning import encode_prompt
+    from para.core.models import RANDOM_SHAPES, build_random_pipeline
 
     config = build_random_pipeline("tiny").unet.config
     with torch.device("meta"):
@@ -314,8 +315,8 @@ def test_every_unet_attends_through_torch_sdpa():
     kernels on CUDA by itself; no model we build falls back to the slow explicit-softmax processor."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from para.models import build_random_pipeline
-    from para.param_count import build_sdxl_unet_meta
+    from para.bench.param_count import build_sdxl_unet_meta
+    from para.core.models import build_random_pipeline
 
     for unet in (build_random_pipeline("tiny").unet, build_sdxl_unet_meta()):
         processors = unet.attn_processors

@@ -20,9 +20,9 @@ from para.combine import (
     para_with_lora,
     union_basis,
 )
+from para.core.method import AdapterFileError, read_adapter_file
+from para.core.models import model_id
 from para.layers import PaRaLayer, orthonormal_basis
-from para.method import AdapterFileError, read_adapter_file
-from para.models import model_id
 
 M = 12  # output features of the test layers
 

@@ -11,11 +11,11 @@ import torch
 from conftest import DATA_ROOT, compose_config
 from test_methods import _unet_out
 
-from para.conditioning import SubjectLatents
-from para.config import validate
-from para.data import load_subject_images
-from para.registry import METHODS
-from para.trainer import Trainer
+from para.core.conditioning import SubjectLatents
+from para.core.data import load_subject_images
+from para.core.trainer import Trainer
+from para.run.config import validate
+from para.run.registry import METHODS
 
 LR = {"para": 1e-2, "lora": 1e-3}
 

@@ -7,8 +7,8 @@ from conftest import compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from para.config import validate
-from para.registry import METHODS
+from para.run.config import validate
+from para.run.registry import METHODS
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -9,7 +9,7 @@ import pytest
 from conftest import DATA_ROOT
 from PIL import Image
 
-from para.data import DataError, load_rgb, load_subject_images
+from para.core.data import DataError, load_rgb, load_subject_images
 
 
 def _subject(tmp_path, images: dict[str, bytes]):

@@ -51,10 +51,10 @@ def test_options_from_objects_mappings_and_overrides():
 
 
 def test_options_accept_the_trainers_hydra_node():
-    """The lead's `para.config.EvalConfig` (a struct-mode DictConfig at run time) must read as is."""
+    """The lead's `para.run.config.EvalConfig` (a struct-mode DictConfig at run time) must read as is."""
     from omegaconf import OmegaConf
 
-    from para.config import EvalConfig
+    from para.run.config import EvalConfig
 
     node = OmegaConf.structured(EvalConfig(backbones="random", batch_size=3))
     OmegaConf.set_struct(node, True)

@@ -23,7 +23,7 @@ from experiments.common import (
     multi_subject_prompts,
 )
 from experiments.report import label_grid, reset_if_changed, to_markdown, write_table
-from para.data import DataError, load_subject_images
+from para.core.data import DataError, load_subject_images
 
 # --- configuration ------------------------------------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import REPO
 
-from para.checkpoint import latest_checkpoint, save_checkpoint
-from para.io import atomic_save_safetensors, atomic_write_json
-from para.method import AdapterFileError, read_adapter_file
-from para.runner import execute
+from para.core.checkpoint import latest_checkpoint, save_checkpoint
+from para.core.io import atomic_save_safetensors, atomic_write_json
+from para.core.method import AdapterFileError, read_adapter_file
+from para.run.runner import execute
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_dies(tmp_path, monkeypatch):
@@ -61,7 +61,7 @@ def test_checkpoint_keeps_only_the_newest(tmp_path):
 
 
 def test_out_of_memory_names_the_memory_options(quick_cfg, monkeypatch):
-    from para import trainer
+    from para.core import trainer
 
     def oom(*_args, **_kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -112,7 +112,7 @@ def test_adapter_with_wrong_shapes_is_refused(tiny_pipe, tmp_path):
     small = PaRa({"rank": 1, "gamma": None}, "m")
     small.attach(tiny_pipe.unet)
     path = small.save(tiny_pipe.unet, tmp_path / "a.safetensors")
-    from para.models import build_random_pipeline
+    from para.core.models import build_random_pipeline
 
     other = build_random_pipeline("tiny")
     big = PaRa({"rank": 2, "gamma": None}, "m")
@@ -162,7 +162,7 @@ def test_tokenizer_cache_files_are_replaced_never_rewritten_in_place(tmp_path, m
     must see a whole file (a rewrite in place once gave "Token ... out of vocabulary")."""
     import os
 
-    from para.models import clip_tokenizer_files
+    from para.core.models import clip_tokenizer_files
 
     monkeypatch.setenv("PARA_CACHE", str(tmp_path))
     build = clip_tokenizer_files.__wrapped__  # past the per-process cache

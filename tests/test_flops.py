@@ -8,9 +8,9 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from para import flops
-from para.config import compose_config
-from para.subsets import select_modules
+from para.bench import flops
+from para.core.subsets import select_modules
+from para.run.config import compose_config
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """One invariant suite for every method in the registry (modelled on peft's test_custom_models.py).
 
-A method added to `para/registry.py` gets all of these for free.
+A method added to `para/run/registry.py` gets all of these for free.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import DATA_ROOT, compose_config
 
-from para.conditioning import SubjectLatents, encode_prompt
-from para.data import load_subject_images
+from para.core.conditioning import SubjectLatents, encode_prompt
+from para.core.data import load_subject_images
+from para.core.models import model_id
+from para.core.trainer import Trainer, step_generator
 from para.layerwise import LayerwiseMethod
-from para.models import model_id
-from para.registry import METHODS
-from para.trainer import Trainer, step_generator
+from para.run.registry import METHODS
 
 ALL = sorted(METHODS)
 PAPER_METHODS = ("para", "lora", "dreambooth")  # the paper's comparison: always in the default suite
@@ -149,8 +149,8 @@ def test_trainable_count_equals_saved_state(tiny_pipe, name):
 
 def test_trainable_counts_match_formulas(tiny_pipe_template):
     """PaRa: Σ d_out·r_eff. LoRA: Σ r·(d_in·k² + d_out). DreamBooth: the whole UNet."""
-    from para.param_count import lora_params, para_params
-    from para.subsets import select_modules
+    from para.bench.param_count import lora_params, para_params
+    from para.core.subsets import select_modules
 
     for name, formula in (("para", lambda m: para_params(m, 16, 0.025)), ("lora", lambda m: lora_params(m, 16))):
         pipe = copy.deepcopy(tiny_pipe_template)

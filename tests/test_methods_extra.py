@@ -21,12 +21,12 @@ from baselines.lycoris import Oft, OftConv2dByWeight, oft_input_dim
 from baselines.para_authors import ParaAuthors, ParaAuthorsLayer
 from baselines.svdiff import SVDiff, SVDiffLayer
 from para.adapter import PaRa, effective_rank
-from para.conditioning import encode_prompt
+from para.bench.param_count import build_sdxl_unet_meta, lora_params
+from para.core.conditioning import encode_prompt
+from para.core.subsets import select_modules
 from para.layers import PaRaLayer, out_features
 from para.layerwise import apply_weight
-from para.param_count import build_sdxl_unet_meta, lora_params
-from para.registry import METHODS
-from para.subsets import select_modules
+from para.run.registry import METHODS
 
 LAYERS = {  # tall and wide matrices, a strided 3×3 conv with padding, a 1×1 conv
     "linear_tall": lambda: nn.Linear(24, 40),

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from para.function import ParaProjection, frozen_output, lean_pays, project_out
 from para.layers import PaRaLayer, orthonormal_basis
-from para.para_function import ParaProjection, frozen_output, lean_pays, project_out
 
 CASES = {
     "linear": (lambda: nn.Linear(12, 10), (2, 5, 12)),

@@ -128,7 +128,7 @@ def test_weakest_init_changes_output_least(tiny_pipe):
 
 
 def test_subset_counts_on_tiny_unet(tiny_pipe):
-    from para.subsets import select_modules
+    from para.core.subsets import select_modules
 
     unet = tiny_pipe.unet
     names = select_modules(unet, "noxattn")
@@ -151,9 +151,9 @@ def test_export_merged_unet_loads_in_stock_diffusers(quick_cfg, tmp_path):
     from diffusers import UNet2DConditionModel
     from omegaconf import OmegaConf
 
+    from para.core.models import load_pipeline, model_id
     from para.export import export_merged_unet
-    from para.models import load_pipeline, model_id
-    from para.runner import execute
+    from para.run.runner import execute
 
     cfg = quick_cfg("method.lr=1e-2", "eval.enabled=false", "sample.enabled=false")
     execute(cfg)
@@ -176,7 +176,7 @@ def test_export_merged_unet_loads_in_stock_diffusers(quick_cfg, tmp_path):
 def test_non_finite_loss_stops_with_a_clear_message(tiny_pipe):
     from conftest import compose_config
 
-    from para.trainer import Trainer, TrainingError
+    from para.core.trainer import Trainer, TrainingError
 
     cfg = compose_config("model=tiny", "run_dir=x", "steps=2")
     para = PaRa(cfg.method, "x")
@@ -195,8 +195,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_pipe_template):
 
     from conftest import compose_config
 
-    from para.conditioning import encode_prompt
-    from para.trainer import Trainer, step_generator
+    from para.core.conditioning import encode_prompt
+    from para.core.trainer import Trainer, step_generator
 
     grads = []
     for checkpointing in ("false", "true"):

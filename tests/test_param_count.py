@@ -9,7 +9,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from para.adapter import PaRa, count_para_params
-from para.param_count import (
+from para.bench.param_count import (
     COLUMNS,
     EXCA_MODULES_SDXL,
     SDXL_TOTAL_PARAMS,
@@ -20,7 +20,7 @@ from para.param_count import (
     main,
     total_params,
 )
-from para.subsets import select_modules
+from para.core.subsets import select_modules
 
 
 def tiny_unet() -> UNet2DConditionModel:

@@ -14,7 +14,7 @@ import pytest
 from conftest import DATA_ROOT, QUICK, REPO
 from safetensors.torch import load_file
 
-from para.runner import execute
+from para.run.runner import execute
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
 
@@ -69,7 +69,7 @@ def test_finished_run_is_not_overwritten_unless_asked(quick_cfg, tmp_path):
 
 
 def test_failed_run_records_status_failed(quick_cfg, monkeypatch):
-    from para import trainer
+    from para.core import trainer
 
     def boom(*_args, **_kwargs):
         raise RuntimeError("injected failure")
@@ -126,7 +126,7 @@ def test_resume_after_sigkill_gives_the_same_adapter_and_losses(tmp_path, method
 
 
 def test_data_root_setting_is_used(quick_cfg, tmp_path):
-    from para.data import DataError
+    from para.core.data import DataError
 
     with pytest.raises(DataError, match="data.root"):
         execute(quick_cfg(f"data.root={tmp_path / 'nowhere'}"))
@@ -141,8 +141,8 @@ def test_lora_file_reloads_in_stock_diffusers_to_the_same_images(quick_cfg, tiny
     import numpy as np
     from PIL import Image
 
-    from para.runner import sample_prompts
-    from para.sampling import generate
+    from para.core.sampling import generate
+    from para.run.runner import sample_prompts
 
     cfg = quick_cfg("method=lora", "method.lr=1e-2", "eval.enabled=false", "sample.images_per_prompt=1")
     execute(cfg)
@@ -177,7 +177,7 @@ def test_batched_sampling_keeps_every_images_own_seed(tiny_pipe_template, tmp_pa
     import numpy as np
     from PIL import Image
 
-    from para.sampling import PromptSpec, generate
+    from para.core.sampling import PromptSpec, generate
 
     specs = [PromptSpec(0, "a sks dog on a beach", "a dog on a beach"), PromptSpec(3, "a sks dog", "a dog")]
 

@@ -16,7 +16,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from wandb_offline import read_offline_run
 
-from para.sweep import SweepReport
+from para.tracking.sweep import SweepReport
 
 FAST = ["model=tiny", "steps=2", "logger=none", "sample.enabled=false", "eval.enabled=false", "resume=true"]
 
@@ -175,7 +175,7 @@ def _cluster_section() -> str:
 def _launcher(name: str):
     from hydra import compose, initialize_config_dir
 
-    from para.config import register_configs
+    from para.run.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

@@ -19,9 +19,9 @@ from safetensors import safe_open
 from wandb_offline import read_offline_run, read_offline_runs
 
 from eval import score as eval_score
-from para import loggers
-from para.loggers import artifact_name, run_name
-from para.runner import Run, execute
+from para.run.runner import Run, execute
+from para.tracking import loggers
+from para.tracking.loggers import artifact_name, run_name
 
 # 4 steps, a loss point every step, a validation grid every 2 steps over 2 prompts, 2 prompts x 2 eval images
 WANDB = ["logger=wandb", "train.log_every=1", "logger.sample_every=2", "logger.sample_prompts=2", "steps=4",
@@ -194,7 +194,7 @@ def test_dashboard_spec_builds_offline_with_the_comparison_panels(monkeypatch):
     pytest.importorskip("wandb_workspaces")
     import wandb
 
-    from para import dashboard
+    from para.tracking import dashboard
 
     def no_network(*_args, **_kwargs):
         raise AssertionError("building the dashboard must not contact W&B")

@@ -1,9 +1,9 @@
 """Counted FLOPs of each method on SDXL's real-size UNet: the hardware-independent side of `make bench`.
 
-    python -m para.flops [--resolutions 512 1024] [--out runs/bench]        # `make flops`, seconds on a CPU
+    python -m para.bench.flops [--resolutions 512 1024] [--out runs/bench]        # `make flops`, seconds on a CPU
 
 SDXL 1.0's UNet and VAE are built on the meta device (shapes only, no weights, no memory) and every bench variant
-(`para.bench_parts.VARIANTS`: PaRa r16 ExCA, LoRA r16 on the same layers, LoRA r16 on attention, DreamBooth, the frozen
+(`para.bench.parts.VARIANTS`: PaRa r16 ExCA, LoRA r16 on the same layers, LoRA r16 on attention, DreamBooth, the frozen
 floor) is attached through the registry exactly as a run attaches it. `torch.utils.flop_counter.FlopCounterMode`
 then counts one training step (forward, the SDXL loss, backward) and one sampling forward at batch 1. It counts
 matrix products, convolutions and attention (2 FLOPs per multiply-add); norms, activations and elementwise ops are
@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from para.bench_parts import VARIANTS, variant_method, variant_overrides
-from para.bench_report import TABLE1_IMAGES, TABLE1_SAMPLE_STEPS, TABLE1_STEPS, TABLE1_SUBJECTS
-from para.config import compose_config
-from para.io import write_results
-from para.param_count import build_sdxl_unet_meta
+from para.bench.parts import VARIANTS, variant_method, variant_overrides
+from para.bench.report import TABLE1_IMAGES, TABLE1_SAMPLE_STEPS, TABLE1_STEPS, TABLE1_SUBJECTS
+from para.core.io import write_results
+from para.core.sdxl_architecture import build_sdxl_unet_meta
+from para.run.config import compose_config
 
 TOKENS = 77  # CLIP's context length
 CELL_MINUTES = 10.0  # issue 8's target for one Table 1 cell on one H100 at 1024 px
@@ -65,7 +65,7 @@ def count(fn) -> int:
 
 
 def train_step_flops(unet: nn.Module, resolution: int, floor: bool) -> int:
-    """One step: forward, MSE to a target, backward (the floor: to the latents, as in `para.bench`)."""
+    """One step: forward, MSE to a target, backward (the floor: to the latents, as in `para.bench.compare`)."""
     inputs = unet_inputs(unet, resolution)
     if floor:
         inputs[0].requires_grad_(True)
@@ -85,7 +85,7 @@ def sample_forward_flops(unet: nn.Module, resolution: int) -> int:
 def vae_decode_flops(resolution: int, vae_config: dict | None = None) -> int:
     from diffusers import AutoencoderKL
 
-    from para.bench_sdxl import SDXL_VAE
+    from para.bench.sdxl import SDXL_VAE
 
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(dict(vae_config or SDXL_VAE))
@@ -213,7 +213,7 @@ def to_markdown(records: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m para.flops", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m para.bench.flops", description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="runs/bench")

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from tqdm.auto import tqdm
 
-from para.checkpoint import latest_checkpoint, save_checkpoint
-from para.conditioning import Conditioning, SubjectLatents, encode_prompt
-from para.method import Method
+from para.core.checkpoint import latest_checkpoint, save_checkpoint
+from para.core.conditioning import Conditioning, SubjectLatents, encode_prompt
+from para.core.method import Method
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class Trainer:
         self.pipe, self.method, self.params, self.cfg = pipe, method, params, cfg
         self.train_text = train_text  # text encoders train: the prompt is re-encoded (with grad) every step
         # CUDA: `train()` starts a new peak-memory count (the run's training peak); a caller measuring a wider
-        # region itself (para.bench: attach + warm-up) turns that off.
+        # region itself (para.bench.compare: attach + warm-up) turns that off.
         self.reset_peak_memory = reset_peak_memory
         self.unet = pipe.unet
         self.device = self.unet.device

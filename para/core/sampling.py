@@ -14,7 +14,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 from tqdm.auto import tqdm
 
-from para.io import atomic_write_json, read_json
+from para.core.io import atomic_write_json, read_json
 
 
 @dataclass

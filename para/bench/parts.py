@@ -1,4 +1,4 @@
-"""The pieces `para.bench` measures with: settings, variants, tallies, and a "contestant" (a method attached to
+"""The pieces `para.bench.compare` measures with: settings, variants, tallies, and a "contestant" (a method attached to
 its own copy of the base UNet, with its trainer), plus the floor: the frozen base model trained on nothing.
 
 The floor's step is the same loss, forward and backward through the same frozen UNet, with the input latents
@@ -19,14 +19,14 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from torch import nn
 
-from para.conditioning import SubjectLatents
-from para.method import Method
-from para.registry import METHODS
-from para.sampling import PromptSpec
-from para.trainer import Trainer
+from para.core.conditioning import SubjectLatents
+from para.core.method import Method
+from para.core.sampling import PromptSpec
+from para.core.trainer import Trainer
+from para.run.registry import METHODS
 
 PROMPT = PromptSpec(0, "a photo of sks dog", "a photo of dog")
-# bench (and `para.flops`) name -> (registry method to compose, extra overrides); None = the frozen floor
+# bench (and `para.bench.flops`) name -> (registry method to compose, extra overrides); None = the frozen floor
 VARIANTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "para": ("para", ()),
     "lora": ("lora", ()),

@@ -9,7 +9,7 @@ from baselines.lycoris import Loha, Lokr, Oft
 from baselines.para_authors import ParaAuthors
 from baselines.svdiff import SVDiff
 from para.adapter import PaRa
-from para.method import Method
+from para.core.method import Method
 
 METHODS: dict[str, type[Method]] = {
     "para": PaRa,

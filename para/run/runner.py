@@ -17,18 +17,18 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from para.conditioning import SubjectLatents
-from para.config import validate
-from para.data import instance_prompt, load_subject_images
-from para.io import atomic_write_json, atomic_write_text, read_json
-from para.loggers import artifact_name, build_logger, image_grid, log_scores, open_image, with_rate
-from para.method import Method
-from para.models import load_pipeline, model_id, resolve_device
-from para.prompts import evaluation_prompts
-from para.provenance import provenance
-from para.registry import METHODS
-from para.sampling import PromptSpec, generate
-from para.trainer import Trainer, TrainResult
+from para.core.conditioning import SubjectLatents
+from para.core.data import instance_prompt, load_subject_images
+from para.core.io import atomic_write_json, atomic_write_text, read_json
+from para.core.method import Method
+from para.core.models import load_pipeline, model_id, resolve_device
+from para.core.prompts import evaluation_prompts
+from para.core.provenance import provenance
+from para.core.sampling import PromptSpec, generate
+from para.core.trainer import Trainer, TrainResult
+from para.run.config import validate
+from para.run.registry import METHODS
+from para.tracking.loggers import artifact_name, build_logger, image_grid, log_scores, open_image, with_rate
 
 log = logging.getLogger(__name__)
 

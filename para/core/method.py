@@ -3,7 +3,7 @@
 The trainer never imports PaRa, LoRA or DreamBooth. It calls `attach` (freeze, wrap, return the tensors to
 optimize), `state_dict` / `load_state_dict` (the smallest state that rebuilds the method, for checkpoints and
 the saved adapter) and the sampling hooks. Adding a method = one module with a `Method` subclass and its
-`Config` dataclass, one `conf/method/<name>.yaml`, one line in `para/registry.py`.
+`Config` dataclass, one `conf/method/<name>.yaml`, one line in `para/run/registry.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
-from para.io import atomic_save_safetensors
+from para.core.io import atomic_save_safetensors
 
 FORMAT_VERSION = "1"
 

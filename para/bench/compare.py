@@ -6,8 +6,8 @@
 writes `results.json` (one record per method × model × resolution, with provenance) and `results.md`.
 
 How it measures (all in one process, through the project's own code path):
-- Every variant gets its own deep copy of the same base UNet, attached through `para.registry.METHODS`
-  (composed from `conf/` exactly as `run.py` would), and its own `para.trainer.Trainer`; it first trains
+- Every variant gets its own deep copy of the same base UNet, attached through `para.run.registry.METHODS`
+  (composed from `conf/` exactly as `run.py` would), and its own `para.core.trainer.Trainer`; it first trains
   `warmup` untimed steps (optimizer state, first-touch allocations).
 - Rounds are round-robin: each trains `steps` steps of every variant in turn with `Trainer.train` (the start
   rotates), so machine noise hits all alike; `step_seconds` is the median of all timed steps, wall clock, and
@@ -15,10 +15,10 @@ How it measures (all in one process, through the project's own code path):
 - `lora_attn` is LoRA on the attention projections q/k/v/out (diffusers' default target); `frozen` is the floor:
   the same loss, forward and backward through the frozen UNet to the (grad-requiring) input latents, nothing
   to train.
-- Peak memory while attaching and warming up: see `para.bench_memory` (CPU: VmHWM, reset per variant; CUDA:
+- Peak memory while attaching and warming up: see `para.bench.memory` (CPU: VmHWM, reset per variant; CUDA:
   max allocated). `peak_memory_mb` = memory held by the pipeline alone (as a real run holds it) + the
   increase, so the benchmark's extra UNet copy is not counted; `peak_increase_mb` is the increase alone.
-- Sampling: each round, `para.sampling.generate` (the eval protocol's DDIM sampler and seeds) with the adapter
+- Sampling: each round, `para.core.sampling.generate` (the eval protocol's DDIM sampler and seeds) with the adapter
   unmerged, and merged where the method merges (PaRa); `frozen` samples the base model.
 - Caching: one extra variant trains the `--cache-method` with `train.cache_latents=false` (VAE and text
   encoders run every step).
@@ -51,8 +51,8 @@ from diffusers import StableDiffusionXLPipeline
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from para.bench_memory import PeakMemory, current_mb, release_memory
-from para.bench_parts import (
+from para.bench.memory import PeakMemory, current_mb, release_memory
+from para.bench.parts import (
     PROMPT,
     VARIANTS,
     Contestant,
@@ -66,15 +66,15 @@ from para.bench_parts import (
     variant_overrides,
     with_unet,
 )
-from para.bench_report import add_ratios, to_markdown
-from para.conditioning import SubjectLatents
-from para.config import compose_config
-from para.io import atomic_write_text, write_results
-from para.method import Method
-from para.models import load_pipeline
-from para.provenance import provenance
-from para.sampling import generate
-from para.trainer import Trainer
+from para.bench.report import add_ratios, to_markdown
+from para.core.conditioning import SubjectLatents
+from para.core.io import atomic_write_text, write_results
+from para.core.method import Method
+from para.core.models import load_pipeline
+from para.core.provenance import provenance
+from para.core.sampling import generate
+from para.core.trainer import Trainer
+from para.run.config import compose_config
 
 log = logging.getLogger(__name__)
 
@@ -355,14 +355,14 @@ def records_of(bench: ModelBench, tallies: dict[Variant, Tally], prov: dict) -> 
 def benchmark(
     models: Sequence[str], methods: Sequence[str], settings: Settings, resolutions: Sequence[int] | None = None
 ) -> list[dict]:
-    """Run the benchmark; records with ratios added (see `para.bench_report.add_ratios`)."""
+    """Run the benchmark; records with ratios added (see `para.bench.report.add_ratios`)."""
     variants = variants_of(methods, settings.cache_method, settings.compile_methods)
     prov = provenance(_device(settings.device))
     records = []
     for model in models:
         pipe, model_settings = None, settings
         if model == "sdxl":
-            from para.bench_sdxl import build_sdxl_random_pipeline
+            from para.bench.sdxl import build_sdxl_random_pipeline
 
             if not _device(settings.device).startswith("cuda") and not resolutions:
                 raise ValueError(

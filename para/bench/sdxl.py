@@ -1,7 +1,7 @@
 """A real-size SDXL pipeline with RANDOM weights, for speed and memory benchmarks on a GPU (no download).
 
 Speed and memory depend on shapes, not on weight values, so the benchmark needs no SDXL weights: the UNet is
-SDXL 1.0's architecture built on the meta device (`para.param_count.build_sdxl_unet_meta`) and materialized
+SDXL 1.0's architecture built on the meta device (`para.core.sdxl_architecture.build_sdxl_unet_meta`) and materialized
 on the target device; the text encoders and VAE have SDXL's real sizes (CLIP ViT-L/14 text model, OpenCLIP
 ViT-bigG/14 text model with projection, the SDXL VAE). Tokenizers and scheduler come from the tiny pipeline
 (the same CLIP vocabulary and SDXL noise schedule). Nothing here is ever a quality number.
@@ -16,8 +16,8 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from para.models import build_random_pipeline
-from para.param_count import build_sdxl_unet_meta
+from para.core.models import build_random_pipeline
+from para.core.sdxl_architecture import build_sdxl_unet_meta
 
 # Hyper-parameters of SDXL 1.0 base's components (their config.json files on the hub).
 SDXL_TEXT_ENCODERS: tuple[dict[str, Any], dict[str, Any]] = (

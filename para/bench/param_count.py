@@ -6,7 +6,7 @@ diffusers is imported). Per adapted layer with m outputs, n inputs (a conv kerne
     PaRa  m · r_eff                        r_eff = effective_rank(r, m, γ)   (γ = None: r_eff = r)
     LoRA  r · (n·k_h·k_w / g + m)          (Linear: r · (n + m)); LoRA has no γ
 
-    python -m para.param_count [--out runs/param_count] [--ranks 1 2 4 8 16 32 64] [--subsets noxattn ...]
+    python -m para.bench.param_count [--out runs/param_count] [--ranks 1 2 4 8 16 32 64] [--subsets noxattn ...]
 
 writes `param_count.csv` (method, subset, rank, gamma, modules, trainable_params; gamma empty when disabled)
 and `param_count.md` (rows rank, columns subset/method), and prints the markdown.
@@ -15,22 +15,19 @@ and `param_count.md` (rows rank, columns subset/method), and prints the markdown
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 from torch import nn
 
 from para.adapter import effective_rank
+from para.core.sdxl_architecture import SDXL_TOTAL_PARAMS, build_sdxl_unet_meta
+from para.core.subsets import select_modules
 from para.layers import out_features
-from para.subsets import select_modules
 
-SDXL_CONFIG_PATH = Path(__file__).with_name("sdxl_unet_config.json")
-SDXL_TOTAL_PARAMS = 2_567_463_684  # diffusers UNet2DConditionModel of stabilityai/stable-diffusion-xl-base-1.0
 EXCA_SUBSET = "noxattn"
 EXCA_MODULES_SDXL = 346  # PAPER.md §3
 PAPER_GAMMA = 0.025  # 1/40
@@ -38,19 +35,6 @@ METHODS = ("para", "lora")
 COLUMNS = ["method", "subset", "rank", "gamma", "modules", "trainable_params"]
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_SUBSETS = ("noxattn", "selfattn", "xattn", "attn", "full")
-
-
-def sdxl_unet_config() -> dict:
-    """The diffusers config of SDXL 1.0 base's UNet (unet/config.json), shipped with the package."""
-    return json.loads(SDXL_CONFIG_PATH.read_text())
-
-
-def build_sdxl_unet_meta() -> nn.Module:
-    """SDXL's UNet2DConditionModel on the meta device: every shape, no memory, no weights."""
-    from diffusers import UNet2DConditionModel  # slow import, only when needed
-
-    with torch.device("meta"):
-        return UNet2DConditionModel.from_config(sdxl_unet_config())
 
 
 def total_params(model: nn.Module) -> int:
@@ -181,8 +165,8 @@ def method_table(model: nn.Module) -> pd.DataFrame:
     """Trainable parameters of every registered method with its YAML defaults, attached to (a copy of) `model`."""
     import copy
 
-    from para.config import compose_config
-    from para.registry import METHODS
+    from para.run.config import compose_config
+    from para.run.registry import METHODS
 
     rows = []
     for name, method_cls in METHODS.items():
@@ -201,7 +185,7 @@ def method_table(model: nn.Module) -> pd.DataFrame:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m para.param_count", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m para.bench.param_count", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/param_count", help="output folder (default: %(default)s)")
     parser.add_argument("--ranks", type=int, nargs="+", default=list(DEFAULT_RANKS))
     parser.add_argument("--subsets", nargs="+", default=list(DEFAULT_SUBSETS))

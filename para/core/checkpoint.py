@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from para.io import atomic_write_json, read_json
+from para.core.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 

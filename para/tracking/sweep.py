@@ -11,7 +11,7 @@ under `hydra.callbacks` in conf/config.yaml) does the rest:
 - `on_multirun_end` (launching process): prints one line per cell and the failed cells with their errors,
   writes `summary.json`, moves Hydra's `multirun.yaml` next to it, and exits 1 if a cell failed.
 
-A cell whose run folder holds a finished run is not redone (para.runner); it is reported as `skipped`.
+A cell whose run folder holds a finished run is not redone (para.run.runner); it is reported as `skipped`.
 """
 
 from __future__ import annotations
@@ -120,5 +120,5 @@ def format_report(records: list[dict[str, Any]], folder: Path) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m para.sweep runs/.sweeps/<sweep>: print a finished sweep's report again
+if __name__ == "__main__":  # python -m para.tracking.sweep runs/.sweeps/<sweep>: print a finished sweep's report again
     print(format_report(read_records(Path(sys.argv[1])), Path(sys.argv[1])))

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from para.models import SDXL_HUB_ID
+from para.core.models import SDXL_HUB_ID
 
 # diffusers' folder layout without the duplicate full-precision / .bin files: ~7 GB in fp16 + the fp32 UNet
 SDXL_PATTERNS = ["*.json", "*.txt", "tokenizer*/*", "*/diffusion_pytorch_model.safetensors", "*/model.safetensors"]

@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from para.io import atomic_write_text
+from para.core.io import atomic_write_text
 
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 

@@ -129,7 +129,7 @@ PAPER_STEPS = {"para": 200, "para_authors": 200}
 
 def register_configs() -> None:
     """Register the schemas under the names the YAML files extend (`<group>_schema`)."""
-    from para.registry import METHODS
+    from para.run.registry import METHODS
 
     # runs/<model>/... for models other than sdxl (see conf/config.yaml)
     OmegaConf.register_new_resolver("model_prefix", lambda name: "" if name == "sdxl" else f"{name}/", replace=True)
@@ -144,7 +144,7 @@ def register_configs() -> None:
         cs.store(group="method", name=f"{name}_schema", node=method.Config)
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_config(*overrides: str) -> DictConfig:
@@ -174,7 +174,7 @@ def compile_backends() -> list[str]:
 
 def validate(cfg: DictConfig) -> None:
     """Range checks Hydra's type system cannot express. Raises ValueError naming key, value and range."""
-    from para.registry import METHODS
+    from para.run.registry import METHODS
 
     _check_choice("method.name", cfg.method.name, list(METHODS))
     _check(cfg.steps > 0, "steps", cfg.steps, "an integer > 0")

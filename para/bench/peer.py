@@ -1,9 +1,9 @@
 """`make bench-peer`: our LoRA training step vs diffusers' `train_dreambooth_lora_sdxl.py`, side by side.
 
-    python -m para.bench_peer [--model small] [--resolution 128] [--steps 12] [--out runs/bench]
+    python -m para.bench.peer [--model small] [--resolution 128] [--steps 12] [--out runs/bench]
 
 Both train LoRA r=16 on the attention projections q/k/v/out (the peer's fixed target; ours: `method=lora
-method.subset=attn`) of the same SDXL-shaped random-weight pipeline (`para.models.build_random_pipeline`, saved
+method.subset=attn`) of the same SDXL-shaped random-weight pipeline (`para.core.models.build_random_pipeline`, saved
 with `save_pretrained` into `<out>/peer_model` for the peer), on the same photos, resolution, batch 1, float32 on
 CPU. The peer script is run where it lives (`../shared/peers`, never copied) with `accelerate launch --cpu
 --num_processes 1`. The peer encodes every photo with the VAE at every step, so ours is run both like that
@@ -29,8 +29,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from para.io import read_json, write_results
-from para.provenance import REPO, provenance
+from para.core.io import read_json, write_results
+from para.core.provenance import REPO, provenance
 
 PEER_SCRIPT = REPO.parent / "shared" / "peers" / "train_dreambooth_lora_sdxl.py"
 DATA_ROOT = REPO.parent / "shared" / "dreambooth" / "dataset"
@@ -84,7 +84,7 @@ def run_measured(cmd: list[str], log_path: Path, env: dict[str, str], cwd: Path)
 def save_model(model: str, folder: Path) -> Path:
     """The random-weight pipeline our runs build in-process, saved once for the peer (same weights: seed 0)."""
     if not (folder / "model_index.json").is_file():
-        from para.models import build_random_pipeline
+        from para.core.models import build_random_pipeline
 
         build_random_pipeline(model, seed=0).save_pretrained(folder)
     return folder
@@ -236,7 +236,7 @@ def to_markdown(records: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m para.bench_peer", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m para.bench.peer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="small", choices=["tiny", "small"])
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--steps", type=int, default=12)
@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads",
         type=int,
         default=1,
-        help="OMP_NUM_THREADS for both sides (1: steady on a shared machine, as in para.bench)",
+        help="OMP_NUM_THREADS for both sides (1: steady on a shared machine, as in para.bench.compare)",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args(argv)
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"subject photos {args.data_root / args.subject} not found; set --data-root")
     out = args.out.resolve()
     args.peer_script, args.data_root = args.peer_script.resolve(), args.data_root.resolve()
-    # Same conditions for both processes: offline, no W&B upload, sleeping OpenMP waits (see para.bench).
+    # Same conditions for both processes: offline, no W&B upload, sleeping OpenMP waits (see para.bench.compare).
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",

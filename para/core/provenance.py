@@ -27,7 +27,7 @@ PACKAGES = (
     "safetensors",
     "numpy",
 )
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str | None:
