@@ -7,5 +7,5 @@
 - `study_sheet`: HTML sheets for a PaRa-vs-LoRA user study, with a separate answer key
 
 Shared: `common` (configuration, training runs through the harness, sampling), `scoring` (per-image scores on
-the `eval` backbones), `report` (tables, grids, provenance). See README.md "The paper's other experiments".
+the `eval` backbones), `report` (tables, grids, provenance). See docs/experiments.md.
 """

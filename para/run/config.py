@@ -56,7 +56,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto: bf16 autocast on CUDA, none on CPU | bf16 | fp16 | no
     gradient_checkpointing: bool = False
     # torch.compile the UNet (training and the run's sampling). Off by default: compiling costs ~1 min on first
-    # use (CPU, tiny model) and recompiles when sampling starts; see README "Performance" for where it pays off.
+    # use (CPU, tiny model) and recompiles when sampling starts; see docs/performance.md for where it pays off.
     compile: bool = False
     compile_backend: str = "inductor"  # any of torch._dynamo.list_backends(), e.g. aot_eager to debug tracing
     cache_latents: bool = True  # encode the few photos and the prompt once; the VAE/text encoders are frozen

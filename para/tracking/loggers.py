@@ -2,7 +2,7 @@
 
 Keys are namespaced: `train/loss`, `eval/clip_t`, `params/trainable`. The W&B run is finished in a `finally`
 by the caller, also when the run crashes (with a non-zero exit code, so the dashboard shows it failed).
-What a W&B run holds (README.md "Cluster / W&B" describes the dashboard that reads it):
+What a W&B run holds (docs/cluster.md describes the dashboard that reads it):
 
 - config: the resolved run config; summary: `params/*`, `eval/*` (the run's final scores);
 - history: `train/{loss,lr,grad_norm,step_seconds,it_per_s}`, `validation/samples` (one grid image per
