@@ -194,6 +194,8 @@ def plot_tradeoff(table: pd.DataFrame, real: pd.DataFrame | None, path: Path, ba
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from eval.plots import score_axis
+
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for _, row in table.iterrows():
         xerr = [
@@ -205,10 +207,14 @@ def plot_tradeoff(table: pd.DataFrame, real: pd.DataFrame | None, path: Path, ba
             [max(row["dino_hi"] - row["dino"], 0) if not math.isnan(row["dino_hi"]) else 0],
         ]
         ax.errorbar(row["clip_t"], row["dino"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=row["method"])
+        # the name beside its point: colours alone are hard to match when points sit close together
+        ax.annotate(row["method"], (row["clip_t"], row["dino"]), xytext=(5, 5), textcoords="offset points", fontsize=8)
     if real is not None and len(real) and not math.isnan(real["dino"].mean()):
         ax.axhline(real["dino"].mean(), ls="--", color="grey", label="real images (DINO)")
     ax.set_xlabel("CLIP-T (text alignment) →")
     ax.set_ylabel("DINO (subject fidelity) →")
+    score_axis(ax, "x")
+    score_axis(ax, "y")
     ax.set_title("RANDOM BACKBONES — not comparable" if banner else "Text alignment vs subject fidelity")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from eval.plots import category_axis, power_of_two_axis, score_axis, styles
 from eval.table import collect_runs
 from experiments.common import REPO, Experiment, compose, load_experiment, main_entry, merge_overrides
 from experiments.report import banners, flags, label_grid, open_images, write_provenance, write_table
@@ -163,24 +164,31 @@ def plot(table: pd.DataFrame, ablation: str, path: Path, banner: bool) -> None:
 
     rows = table[table["ablation"] == ablation]
     *hue, x = KEYS[ablation]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     groups = rows.groupby(hue, sort=True) if hue else [((ablation,), rows)]
-    for label, group in groups:
+    for (label, group), (style, look) in zip(groups, styles(), strict=False):  # styles() cycles
         values = label if isinstance(label, tuple) else (label,)
         name = ", ".join(f"{h}={v}" for h, v in zip(hue, values, strict=False))
+        # subsets are categories: markers only, a line between them would suggest an order
+        fmt = style[0] if x == "subset" else style
         for ax, metric in zip(axes, ["dino", "clip_i", "clip_t"], strict=True):
-            ax.plot(group[x].astype(str) if x == "subset" else group[x], group[metric], marker="o", label=name or None)
+            xs = group[x].astype(str) if x == "subset" else group[x]
+            ax.plot(xs, group[metric], fmt, label=name or None, **look)
     for ax, metric in zip(axes, ["DINO", "CLIP-I", "CLIP-T"], strict=True):
         ax.set_xlabel(x)
         ax.set_ylabel(metric)
+        score_axis(ax)
         if x == "rank":
-            ax.set_xscale("log", base=2)
-        if hue:
-            ax.legend(fontsize=7)
+            power_of_two_axis(ax, rows[x].dropna().astype(int).tolist())
+        if x == "subset":
+            category_axis(ax, rows[x].astype(str).unique().tolist())
+    if hue:  # one legend for the three panels, below them, instead of one covering each panel's data
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     fig.suptitle(
         ("RANDOM BACKBONES / WEIGHTS — not comparable with any paper: " if banner else "") + f"{ablation} ablation"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08 if hue else 0, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
