@@ -1,0 +1,279 @@
+"""Exact LoRA exports of PaRa (para/export/) and the public API (para/api.py), through *stock* diffusers.
+
+Oracles: the run's own samples (merged PaRa, made by the harness), diffusers' own LoRA loaders (peft format and
+its kohya converter), ComfyUI's LoRA key map (its rule re-written below from comfy/utils.py `unet_to_diffusers`
+and comfy/lora.py `model_lora_keys_unet`), and the base weights' bits.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import QUICK, compose_config
+from omegaconf import OmegaConf
+from PIL import Image
+from safetensors import safe_open
+
+import para
+from para.combine import CombinedPaRa
+from para.core.method import AdapterFileError
+from para.core.models import build_random_pipeline, model_id
+from para.core.sampling import PromptSpec, generate, read_prompts
+from para.core.subsets import select_modules
+from para.export import NotExportable, export, low_rank_factors
+from para.export.__main__ import main as export_main
+from para.export.factors import base_weight_of
+from para.run.runner import execute
+
+RUNS = {  # name -> overrides of a tiny run (4 steps, 1 prompt x 2 images, 2 DDIM steps, no scoring)
+    "para": ["method=para"],
+    "para_cat": ["method=para", "subject=cat", "data.token=zwx", "seed=1", "method.rank=2"],
+    "para_authors": ["method=para_authors", "method.lr=1e-2"],
+    "lora": ["method=lora", "method.lr=1e-2"],  # B starts at 0: a high rate gives it a visible delta in 4 steps
+}
+LEVEL = 1  # 1/255: a PNG level
+
+
+def _images(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)).astype(np.int16) for p in sorted(folder.glob("*.png"))}
+
+
+def _max_diff(a: dict, b: dict) -> int:
+    assert a.keys() == b.keys() and a
+    return max(int(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def _sample(pipe, run_dir: Path, out: Path) -> dict[str, np.ndarray]:
+    """The run's evaluation images again (same prompts, seeds and sampler settings) from `pipe`."""
+    sc = OmegaConf.load(run_dir / "config.yaml").sample
+    specs = [PromptSpec(p["prompt_index"], p["prompt"], p["clean_prompt"]) for p in read_prompts(run_dir / "samples")]
+    generate(
+        pipe,
+        specs,
+        out,
+        seed=OmegaConf.load(run_dir / "config.yaml").seed,
+        images_per_prompt=sc.images_per_prompt,
+        steps=sc.steps,
+        guidance=sc.guidance,
+        resolution=64,
+        batch_size=sc.batch_size,
+        progress=False,
+    )
+    return _images(out)
+
+
+@pytest.fixture(scope="module")
+def template():
+    return build_random_pipeline("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, template):
+    """Finished tiny runs, a concat combination of the two PaRa runs, and reference images for each."""
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for name, overrides in RUNS.items():
+        execute(compose_config(*QUICK, f"run_dir={root / name}", "eval.enabled=false", *overrides))
+        out[name] = root / name
+    combined = root / "combined"
+    sources = [out["para"] / "adapter.safetensors", out["para_cat"] / "adapter.safetensors"]
+    CombinedPaRa.from_files(sources, mode="concat", gamma=None).save(None, combined / "adapter.safetensors")
+    pipe = copy.deepcopy(template)  # the harness's own merged combination, sampled like the `para` run
+    CombinedPaRa.load(pipe.unet, combined / "adapter.safetensors", "random-tiny-seed0").prepare_for_sampling(
+        pipe.unet, merge=True
+    )
+    out["combined"] = combined
+    refs = {name: _images(out[name] / "samples") for name in RUNS}
+    refs["combined"] = _sample(pipe, out["para"], root / "combined-samples")
+    refs["base"] = _sample(copy.deepcopy(template), out["para"], root / "base-samples")
+    for name in ("para", "para_authors", "lora", "combined"):  # the adapters change the images: tests can fail
+        assert _max_diff(refs[name], refs["base"]) > 8 * LEVEL, name
+    return out, refs, root
+
+
+@pytest.mark.parametrize(
+    ("source", "fmt", "dtype"),
+    [
+        ("para", "lora", "fp32"),
+        ("para", "kohya", "fp16"),
+        ("combined", "lora", "fp16"),
+        ("combined", "kohya", "fp32"),
+        ("para_authors", "kohya", "fp16"),
+        ("lora", "kohya", "fp32"),
+    ],
+)
+def test_export_loads_in_stock_diffusers_with_the_runs_images(runs, template, source, fmt, dtype):
+    dirs, refs, root = runs
+    path = export(dirs[source], root / f"{source}-{fmt}-{dtype}.safetensors", fmt, dtype)
+    pipe = copy.deepcopy(template)
+    pipe.load_lora_weights(str(path), adapter_name="x")  # stock diffusers (kohya: through its own converter)
+    got = _sample(pipe, dirs["para"], root / f"{source}-{fmt}-{dtype}")
+    assert _max_diff(got, refs[source]) <= LEVEL
+    if source == "para":  # the file's LoRA scale at 0: the base model's images
+        pipe.set_adapters(["x"], adapter_weights=[0.0])
+        assert _max_diff(_sample(pipe, dirs["para"], root / f"{source}-{fmt}-{dtype}-0"), refs["base"]) <= LEVEL
+
+
+def _comfy_diffusers_keys(config) -> set[str]:
+    """The diffusers weight names ComfyUI maps for a UNet (comfy/utils.py `unet_to_diffusers`, our re-writing)."""
+    resnet = ("conv1", "time_emb_proj", "conv2", "conv_shortcut")
+    block = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v")
+    block += ("attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
+    n_blocks, per_block = len(config.block_out_channels), config.layers_per_block
+    depth = [
+        config.transformer_layers_per_block[x] if "CrossAttn" in t else 0
+        for x, t in enumerate(config.down_block_types)
+    ]
+    keys = set()
+
+    def add(prefix: str, transformers: int) -> None:
+        for t in range(transformers):
+            keys.update(f"{prefix}.transformer_blocks.{t}.{b}" for b in block)
+
+    for x in range(n_blocks):
+        for i in range(per_block):
+            keys.update(f"down_blocks.{x}.resnets.{i}.{r}" for r in resnet)
+            if depth[x]:
+                keys.update(f"down_blocks.{x}.attentions.{i}.{p}" for p in ("proj_in", "proj_out"))
+                add(f"down_blocks.{x}.attentions.{i}", depth[x])
+        keys.add(f"down_blocks.{x}.downsamplers.0.conv")
+    keys.update(f"mid_block.attentions.0.{p}" for p in ("proj_in", "proj_out"))
+    add("mid_block.attentions.0", config.transformer_layers_per_block[-1])
+    keys.update(f"mid_block.resnets.{i}.{r}" for i in (0, 1) for r in resnet)
+    for x in range(n_blocks):
+        up_depth = depth[n_blocks - 1 - x]
+        for i in range(per_block + 1):
+            keys.update(f"up_blocks.{x}.resnets.{i}.{r}" for r in resnet)
+            if up_depth:
+                keys.update(f"up_blocks.{x}.attentions.{i}.{p}" for p in ("proj_in", "proj_out"))
+                add(f"up_blocks.{x}.attentions.{i}", up_depth)
+        keys.add(f"up_blocks.{x}.upsamplers.0.conv")
+    return keys
+
+
+def test_kohya_keys_are_those_of_comfyuis_key_map(runs, template):
+    dirs, _, root = runs
+    path = export(dirs["para"], root / "keys.safetensors", "kohya")
+    # comfy/lora.py model_lora_keys_unet: "lora_unet_" + the diffusers key without ".weight", dots as underscores
+    comfy = {"lora_unet_" + k.replace(".", "_"): k for k in _comfy_diffusers_keys(template.unet.config)}
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    names = {k.split(".", 1)[0] for k in tensors}
+    assert names <= comfy.keys(), sorted(names - comfy.keys())[:3]
+    adapted = select_modules(template.unet, "noxattn")
+    assert {comfy[n] for n in names} == set(adapted)  # every ExCA layer, convs included, and nothing else
+    for name in names:
+        module = adapted[comfy[name]]
+        down, up = tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"]
+        rank = down.shape[0]
+        assert float(tensors[f"{name}.alpha"]) == rank  # alpha = rank: scale 1
+        if module.weight.ndim == 4:  # kohya's conv LoRA: a k×k down-conv with r outputs, then a 1×1 up-conv
+            assert down.shape == (rank, *module.weight.shape[1:]) and up.shape == (module.weight.shape[0], rank, 1, 1)
+        else:
+            assert down.shape == (rank, module.weight.shape[1]) and up.shape == (module.weight.shape[0], rank)
+    assert any(adapted[comfy[n]].weight.shape[-1] == 3 for n in names)  # 3×3 convs are in the file
+
+
+def test_factors_are_exact_for_every_combination_mode(runs, template):
+    dirs, _, _ = runs
+    sources = [dirs["para"] / "adapter.safetensors", dirs["para_cat"] / "adapter.safetensors"]
+    for mode in ("concat", "sequential", "additive"):
+        combined = CombinedPaRa.from_files(sources, mode=mode, gamma=None)
+        unet = copy.deepcopy(template.unet)
+        factors = low_rank_factors(combined.state_dict(), combined.metadata(), base_weight_of(template.unet))
+        combined.attach(unet)
+        for name, layer in combined.layers(unet).items():
+            w0 = template.unet.get_submodule(name).weight.double()
+            got = w0 + factors[name].delta().double()
+            torch.testing.assert_close(got, layer.reduced_weight().double(), rtol=0, atol=1e-6)
+            assert factors[name].rank == layer.rank <= 2 + 16  # rank ≤ r1 + r2
+
+
+def test_metadata_names_what_was_exported(runs):
+    dirs, _, root = runs
+    out = root / "cli.safetensors"
+    assert export_main([str(dirs["para"]), "--format", "kohya", "--out", str(out)]) == 0
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["method"] == "para" and meta["base_model"] == "random-tiny-seed0"
+    assert meta["exact"] == "exported from PaRa (exact: W − W0 = −Q QᵀW0, Q = qr(B))"
+    assert (meta["subject"], meta["token"], meta["instance_prompt"]) == ("dog", "sks", "a photo of sks dog")
+    assert json.loads(meta["gamma"]) == 0.025 and json.loads(meta["subset"]) == "noxattn"
+    ranks = json.loads(meta["ranks"])
+    assert ranks["down_blocks.0.resnets.0.conv1"] == 1 and ranks["mid_block.resnets.0.conv1"] == 3  # ⌊γ·d_out⌋
+
+
+def test_export_never_replaces_a_file_unasked_and_refuses_non_low_rank_methods(runs, tmp_path, template, capsys):
+    dirs, _, _ = runs
+    out = tmp_path / "mine.safetensors"
+    out.write_bytes(b"the user's file")
+    assert export_main([str(dirs["para"]), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"the user's file"
+    assert export_main([str(dirs["para"]), "--out", str(out), "--overwrite"]) == 0
+    source = dirs["para"] / "adapter.safetensors"
+    with pytest.raises(FileExistsError, match="being exported"):
+        export(dirs["para"], source, "lora", overwrite=True)
+    from baselines.svdiff import SVDiff
+
+    cfg = compose_config("model=tiny", "method=svdiff", "run_dir=unused")
+    unet = copy.deepcopy(template.unet)
+    svdiff = SVDiff(cfg.method, model_id(cfg.model))
+    svdiff.attach(unet)
+    path = svdiff.save(unet, tmp_path / "svdiff.safetensors")
+    with pytest.raises(NotExportable, match="singular value"):
+        export(path, tmp_path / "x.safetensors", pipe=template)
+    with pytest.raises(NotExportable, match="singular value"):
+        para.load_adapter(copy.deepcopy(template), path)
+
+
+def _snapshot(unet):
+    return [type(m) for m in unet.modules()], {k: v.clone() for k, v in unet.state_dict().items()}
+
+
+@pytest.mark.parametrize("source", ["para", "lora", "kohya-file"])
+def test_load_adapter_applies_the_adapter_and_remove_restores_every_bit(runs, template, source):
+    dirs, refs, root = runs
+    path = dirs.get(source, dirs["para"]) / "adapter.safetensors"
+    if source == "kohya-file":
+        path = export(dirs["para"], root / "api-kohya.safetensors", "kohya", "fp32")
+    pipe = copy.deepcopy(template)
+    types, weights = _snapshot(pipe.unet)
+    handle = para.load_adapter(pipe, path)
+    # our LoRA comes at the scale its run sampled with (2.2): the run's own images
+    assert (
+        _max_diff(
+            _sample(pipe, dirs["para"], root / f"api-{source}"), refs["para" if source == "kohya-file" else source]
+        )
+        <= LEVEL
+    )
+    handle.remove()
+    types_after, weights_after = _snapshot(pipe.unet)
+    assert types_after == types and weights_after.keys() == weights.keys()
+    assert all(torch.equal(weights[k], weights_after[k]) for k in weights)
+
+
+def test_load_adapter_refuses_another_base_model_naming_both(runs):
+    dirs, _, _ = runs
+    other = build_random_pipeline("tiny", seed=1)
+    with pytest.raises(AdapterFileError, match=r"random-tiny-seed0.*random-tiny-seed1"):
+        para.load_adapter(other, dirs["para"] / "adapter.safetensors")
+    assert not other.get_list_adapters()
+    with pytest.raises(AdapterFileError, match="random-tiny-seed0.*sdxl"):
+        para.load_adapter(other, dirs["para"] / "adapter.safetensors", base_model="sdxl")
+
+
+def test_import_para_is_light_and_exposes_the_api_lazily():
+    code = "import sys, para; assert 'torch' not in sys.modules and 'para.api' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    from para import api
+
+    assert para.load_adapter is api.load_adapter and para.export_lora is api.export_lora
+    with pytest.raises(AttributeError):
+        para.no_such_thing  # noqa: B018
