@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import QUICK, compose_config
@@ -277,3 +278,29 @@ def test_import_para_is_light_and_exposes_the_api_lazily():
     assert para.load_adapter is api.load_adapter and para.export_lora is api.export_lora
     with pytest.raises(AttributeError):
         para.no_such_thing  # noqa: B018
+
+
+def test_counted_sizes_are_those_of_real_files(runs):
+    """make export-sizes counts bytes with zero-filled stand-ins of the tensors: the size of the real file."""
+    from para.bench.export_size import serialized_size
+
+    dirs, _, root = runs
+    for fmt in ("lora", "kohya"):
+        path = export(dirs["para"], root / f"size-{fmt}.safetensors", fmt)
+        with safe_open(str(path), framework="pt") as f:
+            meta_tensors = {k: f.get_tensor(k).to("meta") for k in f.keys()}  # noqa: SIM118
+            metadata = f.metadata()
+        assert serialized_size(meta_tensors, metadata) == path.stat().st_size
+
+
+@pytest.mark.slow
+def test_export_sizes_at_sdxl_scale(tmp_path):
+    from para.bench.export_size import main
+
+    assert main(["--out", str(tmp_path), "--dtypes", "fp16"]) == 0
+    sizes = {(r["source"], r["format"]): r["bytes"] for r in json.loads((tmp_path / "export_size.json").read_text())}
+    assert 6_120_960 * 4 < sizes[("para r16", "adapter.safetensors (native)")] < 6_120_960 * 4 + 200_000
+    assert 17_280_000 * 2 < sizes[("lora r16", "lora")] < 17_280_000 * 2 + 200_000
+    ranks = pd.read_csv(tmp_path / "export_ranks.csv")
+    assert len(ranks) == 346 and set(ranks["rank lora r16"]) == {16}
+    assert (ranks["rank para r16"] == ranks["d_out"].map({320: 8, 640: 16, 1280: 16})).all()
