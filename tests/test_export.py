@@ -304,3 +304,35 @@ def test_export_sizes_at_sdxl_scale(tmp_path):
     ranks = pd.read_csv(tmp_path / "export_ranks.csv")
     assert len(ranks) == 346 and set(ranks["rank lora r16"]) == {16}
     assert (ranks["rank para r16"] == ranks["d_out"].map({320: 8, 640: 16, 1280: 16})).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_load_adapter_on_a_half_precision_pipeline(runs, template, dtype):
+    """SDXL runs in bf16/fp16: the adapter applies in that dtype (to its rounding) and comes off bit-exactly."""
+    from para.adapter import PaRa, unwrap_merged
+
+    dirs, _, _ = runs
+    g = torch.Generator().manual_seed(0)
+    x, emb = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 96, generator=g)
+    added = {"text_embeds": torch.randn(1, 64, generator=g), "time_ids": torch.ones(1, 6) * 64}
+
+    def out(pipe):
+        kw = {k: v.to(dtype) for k, v in added.items()}
+        with torch.no_grad():
+            return pipe.unet(
+                x.to(dtype), 300, encoder_hidden_states=emb.to(dtype), added_cond_kwargs=kw
+            ).sample.float()
+
+    merged = copy.deepcopy(template)  # the harness's PaRa merged in float32, then cast like the base weights
+    method = PaRa(OmegaConf.load(dirs["para"] / "config.yaml").method, "random-tiny-seed0")
+    method.attach(merged.unet)
+    method.load_file(merged.unet, dirs["para"] / "adapter.safetensors")
+    unwrap_merged(merged.unet)
+    expected, base = out(merged.to(dtype=dtype)), out(copy.deepcopy(template).to(dtype=dtype))
+    pipe = copy.deepcopy(template).to(dtype=dtype)
+    types, weights = _snapshot(pipe.unet)
+    handle = para.load_adapter(pipe, dirs["para"] / "adapter.safetensors")
+    assert (out(pipe) - expected).abs().max() < 0.1 * (expected - base).abs().max()
+    handle.remove()
+    assert _snapshot(pipe.unet)[0] == types
+    assert all(torch.equal(weights[k], v) for k, v in _snapshot(pipe.unet)[1].items())
