@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import QUICK, compose_config
+from conftest import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors import safe_open
@@ -25,20 +25,13 @@ from safetensors import safe_open
 import para
 from para.combine import CombinedPaRa
 from para.core.method import AdapterFileError
-from para.core.models import build_random_pipeline, model_id
+from para.core.models import model_id
 from para.core.sampling import PromptSpec, generate, read_prompts
 from para.core.subsets import select_modules
 from para.export import NotExportable, export, low_rank_factors
 from para.export.__main__ import main as export_main
 from para.export.factors import base_weight_of
-from para.run.runner import execute
 
-RUNS = {  # name -> overrides of a tiny run (4 steps, 1 prompt x 2 images, 2 DDIM steps, no scoring)
-    "para": ["method=para"],
-    "para_cat": ["method=para", "subject=cat", "data.token=zwx", "seed=1", "method.rank=2"],
-    "para_authors": ["method=para_authors", "method.lr=1e-2"],
-    "lora": ["method=lora", "method.lr=1e-2"],  # B starts at 0: a high rate gives it a visible delta in 4 steps
-}
 LEVEL = 1  # 1/255: a PNG level
 
 
@@ -71,18 +64,15 @@ def _sample(pipe, run_dir: Path, out: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def template():
-    return build_random_pipeline("tiny", seed=0)
+def template(tiny_pipe_template):
+    return tiny_pipe_template  # the base model of every run in `export_runs` (random-tiny-seed0)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, template):
-    """Finished tiny runs, a concat combination of the two PaRa runs, and reference images for each."""
+def runs(export_runs, tmp_path_factory, template):
+    """The finished runs, a concat combination of the two PaRa runs, and reference images for each."""
     root = tmp_path_factory.mktemp("export")
-    out = {}
-    for name, overrides in RUNS.items():
-        execute(compose_config(*QUICK, f"run_dir={root / name}", "eval.enabled=false", *overrides))
-        out[name] = root / name
+    out = dict(export_runs)
     combined = root / "combined"
     sources = [out["para"] / "adapter.safetensors", out["para_cat"] / "adapter.safetensors"]
     CombinedPaRa.from_files(sources, mode="concat", gamma=None).save(None, combined / "adapter.safetensors")
@@ -91,7 +81,7 @@ def runs(tmp_path_factory, template):
         pipe.unet, merge=True
     )
     out["combined"] = combined
-    refs = {name: _images(out[name] / "samples") for name in RUNS}
+    refs = {name: _images(out[name] / "samples") for name in ("para", "para_authors", "lora")}
     refs["combined"] = _sample(pipe, out["para"], root / "combined-samples")
     refs["base"] = _sample(copy.deepcopy(template), out["para"], root / "base-samples")
     for name in ("para", "para_authors", "lora", "combined"):  # the adapters change the images: tests can fail
@@ -112,7 +102,7 @@ def runs(tmp_path_factory, template):
 )
 def test_export_loads_in_stock_diffusers_with_the_runs_images(runs, template, source, fmt, dtype):
     dirs, refs, root = runs
-    path = export(dirs[source], root / f"{source}-{fmt}-{dtype}.safetensors", fmt, dtype)
+    path = export(dirs[source], root / f"{source}-{fmt}-{dtype}.safetensors", fmt, dtype, pipe=template)
     pipe = copy.deepcopy(template)
     pipe.load_lora_weights(str(path), adapter_name="x")  # stock diffusers (kohya: through its own converter)
     got = _sample(pipe, dirs["para"], root / f"{source}-{fmt}-{dtype}")
@@ -161,7 +151,7 @@ def _comfy_diffusers_keys(config) -> set[str]:
 
 def test_kohya_keys_are_those_of_comfyuis_key_map(runs, template):
     dirs, _, root = runs
-    path = export(dirs["para"], root / "keys.safetensors", "kohya")
+    path = export(dirs["para"], root / "keys.safetensors", "kohya", pipe=template)
     # comfy/lora.py model_lora_keys_unet: "lora_unet_" + the diffusers key without ".weight", dots as underscores
     comfy = {"lora_unet_" + k.replace(".", "_"): k for k in _comfy_diffusers_keys(template.unet.config)}
     with safe_open(str(path), framework="pt") as f:
@@ -182,19 +172,29 @@ def test_kohya_keys_are_those_of_comfyuis_key_map(runs, template):
     assert any(adapted[comfy[n]].weight.shape[-1] == 3 for n in names)  # 3×3 convs are in the file
 
 
+def _explicit_merged(w0: torch.Tensor, bases: list[torch.Tensor], mode: str) -> torch.Tensor:
+    """The combined layer's weight with explicit m × m projectors in float64 (PAPER.md §5.2's formulas)."""
+    eye = torch.eye(w0.shape[0], dtype=torch.float64)
+    projectors = [q.double() @ q.double().T for q in bases]
+    if mode == "additive":
+        return (eye - sum(projectors)) @ w0
+    for p in projectors:  # concat: one basis (the stored union of both); sequential: one after the other
+        w0 = (eye - p) @ w0
+    return w0
+
+
 def test_factors_are_exact_for_every_combination_mode(runs, template):
     dirs, _, _ = runs
     sources = [dirs["para"] / "adapter.safetensors", dirs["para_cat"] / "adapter.safetensors"]
     for mode in ("concat", "sequential", "additive"):
         combined = CombinedPaRa.from_files(sources, mode=mode, gamma=None)
-        unet = copy.deepcopy(template.unet)
         factors = low_rank_factors(combined.state_dict(), combined.metadata(), base_weight_of(template.unet))
-        combined.attach(unet)
-        for name, layer in combined.layers(unet).items():
+        assert factors.keys() == combined.bases.keys()
+        for name, bases in combined.bases.items():
             w0 = template.unet.get_submodule(name).weight.double()
-            got = w0 + factors[name].delta().double()
-            torch.testing.assert_close(got, layer.reduced_weight().double(), rtol=0, atol=1e-6)
-            assert factors[name].rank == layer.rank <= 2 + 16  # rank ≤ r1 + r2
+            expected = _explicit_merged(w0.reshape(w0.shape[0], -1), bases, mode).reshape(w0.shape)
+            torch.testing.assert_close(w0 + factors[name].delta().double(), expected, rtol=0, atol=2e-6)
+            assert factors[name].rank == sum(q.shape[1] for q in bases) <= 3 + 2  # rank ≤ r1 + r2
 
 
 def test_metadata_names_what_was_exported(runs):
@@ -217,7 +217,7 @@ def test_export_never_replaces_a_file_unasked_and_refuses_non_low_rank_methods(r
     out.write_bytes(b"the user's file")
     assert export_main([str(dirs["para"]), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"the user's file"
-    assert export_main([str(dirs["para"]), "--out", str(out), "--overwrite"]) == 0
+    assert export(dirs["para"], out, "lora", overwrite=True, pipe=template) == out
     source = dirs["para"] / "adapter.safetensors"
     with pytest.raises(FileExistsError, match="being exported"):
         export(dirs["para"], source, "lora", overwrite=True)
@@ -243,7 +243,7 @@ def test_load_adapter_applies_the_adapter_and_remove_restores_every_bit(runs, te
     dirs, refs, root = runs
     path = dirs.get(source, dirs["para"]) / "adapter.safetensors"
     if source == "kohya-file":
-        path = export(dirs["para"], root / "api-kohya.safetensors", "kohya", "fp32")
+        path = export(dirs["para"], root / "api-kohya.safetensors", "kohya", "fp32", pipe=template)
     pipe = copy.deepcopy(template)
     types, weights = _snapshot(pipe.unet)
     handle = para.load_adapter(pipe, path)
@@ -260,9 +260,10 @@ def test_load_adapter_applies_the_adapter_and_remove_restores_every_bit(runs, te
     assert all(torch.equal(weights[k], weights_after[k]) for k in weights)
 
 
-def test_load_adapter_refuses_another_base_model_naming_both(runs):
+def test_load_adapter_refuses_another_base_model_naming_both(runs, template):
     dirs, _, _ = runs
-    other = build_random_pipeline("tiny", seed=1)
+    other = copy.deepcopy(template)
+    other.register_to_config(_name_or_path="random-tiny-seed1")  # what build_random_pipeline("tiny", 1) is named
     with pytest.raises(AdapterFileError, match=r"random-tiny-seed0.*random-tiny-seed1"):
         para.load_adapter(other, dirs["para"] / "adapter.safetensors")
     assert not other.get_list_adapters()
@@ -280,13 +281,13 @@ def test_import_para_is_light_and_exposes_the_api_lazily():
         para.no_such_thing  # noqa: B018
 
 
-def test_counted_sizes_are_those_of_real_files(runs):
+def test_counted_sizes_are_those_of_real_files(runs, template):
     """make export-sizes counts bytes with zero-filled stand-ins of the tensors: the size of the real file."""
     from para.bench.export_size import serialized_size
 
     dirs, _, root = runs
     for fmt in ("lora", "kohya"):
-        path = export(dirs["para"], root / f"size-{fmt}.safetensors", fmt)
+        path = export(dirs["para"], root / f"size-{fmt}.safetensors", fmt, pipe=template)
         with safe_open(str(path), framework="pt") as f:
             meta_tensors = {k: f.get_tensor(k).to("meta") for k in f.keys()}  # noqa: SIM118
             metadata = f.metadata()
@@ -328,8 +329,10 @@ def test_load_adapter_on_a_half_precision_pipeline(runs, template, dtype):
     method.attach(merged.unet)
     method.load_file(merged.unet, dirs["para"] / "adapter.safetensors")
     unwrap_merged(merged.unet)
-    expected, base = out(merged.to(dtype=dtype)), out(copy.deepcopy(template).to(dtype=dtype))
-    pipe = copy.deepcopy(template).to(dtype=dtype)
+    merged.unet.to(dtype)
+    pipe = copy.deepcopy(template)
+    pipe.unet.to(dtype)
+    expected, base = out(merged), out(pipe)
     types, weights = _snapshot(pipe.unet)
     handle = para.load_adapter(pipe, dirs["para"] / "adapter.safetensors")
     assert (out(pipe) - expected).abs().max() < 0.1 * (expected - base).abs().max()

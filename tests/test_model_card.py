@@ -7,21 +7,17 @@ endpoint, and a recorded upload stand in for it.
 from __future__ import annotations
 
 import pytest
-from conftest import QUICK, compose_config
 from huggingface_hub import ModelCard, constants
 
 from para import api
 from para.export.__main__ import main as export_main
 from para.export.hub import HubError
-from para.run.model_card import run_command
-from para.run.runner import execute
+from para.run.model_card import load_run, render_model_card, run_command
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("card") / "run"
-    execute(compose_config(*QUICK, f"run_dir={run}"))  # scored with random backbones
-    return run
+def run_dir(export_runs):
+    return export_runs["para"]
 
 
 def test_a_finished_run_writes_a_model_card_the_hub_parser_reads(run_dir):
@@ -32,9 +28,18 @@ def test_a_finished_run_writes_a_model_card_the_hub_parser_reads(run_dir):
     assert data.instance_prompt == "a photo of sks dog"
     assert data.widget and all((run_dir / w["output"]["url"]).is_file() for w in data.widget)
     text = card.text
-    assert "Random weights" in text and "base model **no**" in text and "dino **no**" in text  # not pretrained
-    assert "| dino |" in text and "para.load_adapter(pipe" in text and "--format kohya" in text
+    assert "Random weights" in text and "RANDOM weights" in text and "Not scored" in text
+    assert "para.load_adapter(pipe" in text and "--format kohya" in text
     assert "python run.py method=para subject=dog model=tiny steps=4 seed=0" in text
+
+
+def test_the_card_shows_the_scores_and_which_models_behind_them_were_pretrained(run_dir):
+    cfg, metrics = load_run(run_dir)
+    scores = {"dino": 0.61, "clip_i": 0.8, "clip_t": 0.3, "n_images": 100, "n_prompts": 25}
+    scores["backbones_pretrained"] = {"dino": True, "clip": False}
+    text = render_model_card(run_dir, cfg, {**metrics, "scores": scores})
+    assert "| dino | clip_i | clip_t |" in text and "| 0.6100 | 0.8000 | 0.3000 |" in text
+    assert "base model **no**; evaluation backbones dino yes, clip **no**" in text
 
 
 def test_the_card_quotes_the_exact_command_of_a_hydra_run():
