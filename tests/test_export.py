@@ -238,22 +238,18 @@ def _snapshot(unet):
     return [type(m) for m in unet.modules()], {k: v.clone() for k, v in unet.state_dict().items()}
 
 
-@pytest.mark.parametrize("source", ["para", "lora", "kohya-file"])
+@pytest.mark.parametrize("source", ["para", "combined", "para_authors", "lora", "para-kohya-file"])
 def test_load_adapter_applies_the_adapter_and_remove_restores_every_bit(runs, template, source):
     dirs, refs, root = runs
-    path = dirs.get(source, dirs["para"]) / "adapter.safetensors"
-    if source == "kohya-file":
-        path = export(dirs["para"], root / "api-kohya.safetensors", "kohya", "fp32", pipe=template)
+    reference = source.removesuffix("-kohya-file")
+    path = dirs[reference] / "adapter.safetensors"
+    if source.endswith("kohya-file"):  # an exported file loads the same way
+        path = export(dirs[reference], root / "api-kohya.safetensors", "kohya", "fp32", pipe=template)
     pipe = copy.deepcopy(template)
     types, weights = _snapshot(pipe.unet)
     handle = para.load_adapter(pipe, path)
-    # our LoRA comes at the scale its run sampled with (2.2): the run's own images
-    assert (
-        _max_diff(
-            _sample(pipe, dirs["para"], root / f"api-{source}"), refs["para" if source == "kohya-file" else source]
-        )
-        <= LEVEL
-    )
+    # the run's own images (our LoRA at the scale its run sampled with, 2.2)
+    assert _max_diff(_sample(pipe, dirs["para"], root / f"api-{source}"), refs[reference]) <= LEVEL
     handle.remove()
     types_after, weights_after = _snapshot(pipe.unet)
     assert types_after == types and weights_after.keys() == weights.keys()

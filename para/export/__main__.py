@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from para.api import export_lora
 from para.core.method import AdapterFileError
 from para.core.models import ModelLoadError
 from para.export.factors import NotExportable
@@ -34,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload file + model card to <user>/<name>")
     parser.add_argument("--private", action="store_true", help="create the hub repo private")
     args = parser.parse_args(argv)
-
-    from para.api import export_lora  # after argument parsing: --help stays fast
 
     try:
         out = export_lora(
