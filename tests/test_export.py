@@ -313,25 +313,21 @@ def test_load_adapter_on_a_half_precision_pipeline(runs, template, dtype):
     x, emb = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 96, generator=g)
     added = {"text_embeds": torch.randn(1, 64, generator=g), "time_ids": torch.ones(1, 6) * 64}
 
-    def out(pipe):
+    def out(unet):
         kw = {k: v.to(dtype) for k, v in added.items()}
         with torch.no_grad():
-            return pipe.unet(
-                x.to(dtype), 300, encoder_hidden_states=emb.to(dtype), added_cond_kwargs=kw
-            ).sample.float()
+            return unet(x.to(dtype), 300, encoder_hidden_states=emb.to(dtype), added_cond_kwargs=kw).sample.float()
 
-    merged = copy.deepcopy(template)  # the harness's PaRa merged in float32, then cast like the base weights
+    merged = copy.deepcopy(template.unet)  # the harness's PaRa merged in float32, then cast like the base weights
     method = PaRa(OmegaConf.load(dirs["para"] / "config.yaml").method, "random-tiny-seed0")
-    method.attach(merged.unet)
-    method.load_file(merged.unet, dirs["para"] / "adapter.safetensors")
-    unwrap_merged(merged.unet)
-    merged.unet.to(dtype)
+    method.attach(merged)
+    method.load_file(merged, dirs["para"] / "adapter.safetensors")
     pipe = copy.deepcopy(template)
     pipe.unet.to(dtype)
-    expected, base = out(merged), out(pipe)
+    expected, base = out(unwrap_merged(merged).to(dtype)), out(pipe.unet)
     types, weights = _snapshot(pipe.unet)
     handle = para.load_adapter(pipe, dirs["para"] / "adapter.safetensors")
-    assert (out(pipe) - expected).abs().max() < 0.1 * (expected - base).abs().max()
+    assert (out(pipe.unet) - expected).abs().max() < 0.1 * (expected - base).abs().max()
     handle.remove()
     assert _snapshot(pipe.unet)[0] == types
     assert all(torch.equal(weights[k], v) for k, v in _snapshot(pipe.unet)[1].items())
