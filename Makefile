@@ -56,6 +56,10 @@ weights: $(STAMP) ## download SDXL base + the evaluation backbones into the loca
 param-table: $(STAMP) ## trainable parameters (PaRa vs LoRA by rank/subset/γ, and every method) on the real SDXL UNet architecture
 	$(PY) -m para.bench.param_count --out runs/param_count
 
+.PHONY: export-sizes
+export-sizes: $(STAMP) ## file size of each export format (PaRa r16 vs LoRA r16) and the rank of every exported layer, SDXL scale, no weights
+	$(PY) -m para.bench.export_size --out runs/export_size
+
 .PHONY: clean-tiny
 clean-tiny: ## remove the tiny-model runs (runs/tiny)
 	rm -rf runs/tiny

@@ -174,6 +174,17 @@ class CombinedPaRaLayer(PaRaLayer):
         self._coeffs, self.merged = None, False
 
 
+def saved_bases(state: dict[str, Tensor]) -> dict[str, list[Tensor]]:
+    """The bases per layer of a saved combined adapter (`<layer>.para_Q<i>` tensors), in their order."""
+    bases: dict[str, dict[int, Tensor]] = {}
+    for key, q in state.items():
+        layer, _, index = key.rpartition(".para_Q")
+        if not layer or not index.isdigit():
+            raise AdapterFileError(f"unexpected tensor {key!r} in a {NAME} adapter")
+        bases.setdefault(layer, {})[int(index)] = q
+    return {layer: [parts[i] for i in sorted(parts)] for layer, parts in bases.items()}
+
+
 @dataclass
 class CombinedConfig:
     name: str = NAME
@@ -242,14 +253,8 @@ class CombinedPaRa(PaRa):
 
     def load_state_dict(self, unet: nn.Module, state: dict[str, Tensor]) -> None:
         """Rebuild the layers from a saved state (the file holds every basis, so no prior attach is needed)."""
-        bases: dict[str, dict[int, Tensor]] = {}
-        for key, q in state.items():
-            layer, _, index = key.rpartition(".para_Q")
-            if not layer or not index.isdigit():
-                raise AdapterFileError(f"unexpected tensor {key!r} in a {NAME} adapter")
-            bases.setdefault(layer, {})[int(index)] = q
-        for layer, parts in bases.items():
-            self.set_bases(layer, [parts[i] for i in sorted(parts)])
+        for layer, bases in saved_bases(state).items():
+            self.set_bases(layer, bases)
         self.attach(unet)
 
     @classmethod

@@ -70,3 +70,25 @@ def quick_cfg(tmp_path):
         return compose_config(*QUICK, f"run_dir={run_dir or tmp_path / 'run'}", *overrides)
 
     return make
+
+
+# Finished tiny runs of the methods with an exact LoRA form (tests/test_export.py, tests/test_model_card.py).
+EXPORT_RUNS = {
+    "para": ["method=para"],
+    "para_cat": ["method=para", "subject=cat", "data.token=zwx", "seed=1", "method.rank=2"],
+    "para_authors": ["method=para_authors", "method.lr=1e-2"],
+    "lora": ["method=lora", "method.lr=1e-2"],  # B starts at 0: a high rate gives it a visible delta in 4 steps
+}
+
+
+@pytest.fixture(scope="session")
+def export_runs(tmp_path_factory) -> dict[str, Path]:
+    """Run folders (4 steps, 1 prompt x 1 image, not scored), trained once per test session."""
+    from para.run.runner import execute
+
+    root = tmp_path_factory.mktemp("export-runs")
+    for name, overrides in EXPORT_RUNS.items():
+        quick = [o for o in QUICK if not o.startswith("sample.images_per_prompt")]
+        quick += ["eval.enabled=false", "sample.images_per_prompt=1"]
+        execute(compose_config(*quick, f"run_dir={root / name}", *overrides))
+    return {name: root / name for name in EXPORT_RUNS}

@@ -3,9 +3,12 @@
 Floors, bottom to top:
   core      para.core (config-free harness pieces), para.tracking (loggers, W&B dashboard, sweep report)
   eval      eval/ (images → scores; never the trainer)
-  methods   the PaRa method at the top of para/ (function, layers, layerwise, adapter, combine, export), baselines/
-  run       para.run (registry, config registration, orchestration, `make weights`)
-  top       experiments/, para.bench, run.py, the public API in para/__init__.py
+  methods   the PaRa method at the top of para/ (function, layers, layerwise, adapter, combine, the export
+            package), baselines/
+  run       para.run (registry, config registration, orchestration, model cards, `make weights`), para.api (the
+            public API, which uploads model cards)
+  top       experiments/, para.bench, run.py, para/__init__.py (exposes para.api lazily), the entry point
+            `python -m para.export` (para/export/__main__.py)
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("para", "baselines", "eval", "experiments")
-METHOD_MODULES = {"para.function", "para.layers", "para.layerwise", "para.adapter", "para.combine", "para.export"}
+METHOD_MODULES = {"para.function", "para.layers", "para.layerwise", "para.adapter", "para.combine"}
+ENTRY_POINTS = {"run", "para", "para.export.__main__"}  # command lines and the lazy public API
 TRAINING = ("para.core.trainer", "para.core.checkpoint", "para.core.conditioning")
 
 
@@ -53,11 +57,11 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
 
 
 def floor(module: str) -> str:
-    if module == "run" or module.startswith(("experiments", "para.bench")) or module == "para":
+    if module in ENTRY_POINTS or module.startswith(("experiments", "para.bench")):
         return "top"
-    if module.startswith("para.run"):
+    if module.startswith("para.run") or module == "para.api":
         return "run"
-    if module in METHOD_MODULES or module.startswith("baselines"):
+    if module in METHOD_MODULES or module.startswith(("baselines", "para.export")):
         return "methods"
     if module.startswith("eval"):
         return "eval"

@@ -152,12 +152,12 @@ def test_export_merged_unet_loads_in_stock_diffusers(quick_cfg, tmp_path):
     from omegaconf import OmegaConf
 
     from para.core.models import load_pipeline, model_id
-    from para.export import export_merged_unet
+    from para.export import export
     from para.run.runner import execute
 
     cfg = quick_cfg("method.lr=1e-2", "eval.enabled=false", "sample.enabled=false")
     execute(cfg)
-    out = export_merged_unet(tmp_path / "run", tmp_path / "unet")
+    out = export(tmp_path / "run", tmp_path / "unet", "merged", "fp32")
     plain = UNet2DConditionModel.from_pretrained(out)
     assert not any("para" in n for n, _ in plain.named_parameters())
     run_cfg = OmegaConf.load(tmp_path / "run" / "config.yaml")

@@ -159,7 +159,7 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline
         steps_offset=1,
         timestep_spacing="leading",
     )
-    return StableDiffusionXLPipeline(
+    pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=CLIPTextModel(text_config(text1)),
         text_encoder_2=CLIPTextModelWithProjection(text_config(text2)),
@@ -168,6 +168,13 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline
         unet=unet,
         scheduler=scheduler,
     )
+    # A name, as from_pretrained gives one: adapter files record it and refuse another base model (para.api).
+    pipe.register_to_config(_name_or_path=random_model_id(kind, seed))
+    return pipe
+
+
+def random_model_id(kind: str, seed: int) -> str:
+    return f"random-{kind}-seed{seed}"
 
 
 def load_pretrained_pipeline(
@@ -236,4 +243,4 @@ def model_id(model_cfg) -> str:
     """The base-model identity recorded in adapters (adapters refuse to load onto another base model)."""
     if model_cfg.kind == "pretrained":
         return f"{model_cfg.path or SDXL_HUB_ID}@{model_cfg.revision or 'main'}"
-    return f"random-{model_cfg.kind}-seed{model_cfg.init_seed}"
+    return random_model_id(model_cfg.kind, model_cfg.init_seed)

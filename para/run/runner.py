@@ -27,6 +27,7 @@ from para.core.provenance import provenance
 from para.core.sampling import PromptSpec, generate
 from para.core.trainer import Trainer, TrainResult
 from para.run.config import validate
+from para.run.model_card import write_model_card
 from para.run.registry import METHODS
 from para.tracking.loggers import artifact_name, build_logger, image_grid, log_scores, open_image, with_rate
 
@@ -178,6 +179,7 @@ class Run:
             scores = score_run(self.run_dir, cfg.eval)
             self.write_metrics(stage="scored", scores=scores)
             log_scores(logger, self.run_dir, scores)
+        write_model_card(self.run_dir, cfg, self.metrics)  # README.md: what was trained, scores, how to load it
         self.write_metrics(status="finished", finished_at=time.time())
 
     def _train(self, pipe, method: Method, params, pixels, prior, logger, train_text: bool) -> TrainResult:

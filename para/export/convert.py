@@ -1,0 +1,56 @@
+"""One export: source (run folder or adapter file) → exact factors on the base weights → a file in a format."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from para.core.io import atomic_save_safetensors
+from para.core.models import load_pipeline, resolve_device
+from para.export.factors import base_weight_of, check_exportable, low_rank_factors
+from para.export.formats import DTYPES, check_out, export_metadata, format_tensors
+from para.export.merged import write_merged_unet
+from para.export.source import ExportSource, check_pipeline_base, open_source, require_model
+
+
+def export(
+    source: str | Path | ExportSource,
+    out: str | Path,
+    fmt: str = "lora",
+    dtype: str = "fp16",
+    *,
+    overwrite: bool = False,
+    pipe: Any = None,
+    base_model: str | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Write `source`'s adapter to `out` as a `lora` / `kohya` file or a `merged` UNet folder; returns `out`.
+
+    Args:
+        source: a run folder, or an adapter `.safetensors` of this project (a combined PaRa adapter included).
+        out: the file (lora, kohya: `*.safetensors`) or folder (merged) to write; never replaced unless `overwrite`.
+        fmt: `lora` (diffusers/peft keys), `kohya` (ComfyUI, A1111/Forge, InvokeAI, sd-scripts) or `merged`.
+        dtype: `fp16`, `bf16` or `fp32` for the written tensors (the factors are computed in float32).
+        pipe: a loaded base pipeline to take W0 from instead of rebuilding the run's base model (its base model
+            must be the adapter's: see `check_pipeline_base`; `merged` works on a copy of its UNet).
+        base_model: `pipe`'s base-model id when its `name_or_path` does not say it.
+        device: where the base model is rebuilt when `pipe` is None.
+    """
+    src = source if isinstance(source, ExportSource) else open_source(source)
+    check_exportable(src.method)
+    out = Path(out)
+    check_out(out, fmt, overwrite, [src.adapter])
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {list(DTYPES)}")
+    if pipe is None:
+        unet = load_pipeline(require_model(src), resolve_device(device)).unet
+    else:
+        check_pipeline_base(src.adapter, src.base_model, pipe, base_model)
+        unet = copy.deepcopy(pipe.unet) if fmt == "merged" else pipe.unet
+    factors = low_rank_factors(src.tensors, src.metadata, base_weight_of(unet))
+    metadata = export_metadata(src, fmt, dtype, {name: f.rank for name, f in factors.items()})
+    if fmt == "merged":
+        return write_merged_unet(unet, factors, out, DTYPES[dtype], metadata)
+    tensors, format_metadata = format_tensors(factors, fmt, DTYPES[dtype])
+    return atomic_save_safetensors(tensors, out, metadata={**metadata, **format_metadata})
