@@ -102,8 +102,9 @@ def clip_tokenizer() -> CLIPTokenizer:
     return tokenizer
 
 
-def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline:
-    """An SDXL-shaped pipeline with random weights (`kind` = tiny | small), deterministic in `seed`."""
+def build_random_models(kind: str, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """The UNet, VAE and both text encoders of an SDXL-shaped model with random weights (`kind` = tiny | small),
+    deterministic in `seed`; under `torch.device("meta")` they have every shape and no memory (`para.run.plan`)."""
     if kind not in RANDOM_SHAPES:
         raise ValueError(f"unknown random model kind {kind!r}; expected one of {sorted(RANDOM_SHAPES)}")
     shape = RANDOM_SHAPES[kind]
@@ -151,6 +152,16 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline
             pad_token_id=49407,
         )
 
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": CLIPTextModel(text_config(text1)),
+        "text_encoder_2": CLIPTextModelWithProjection(text_config(text2)),
+    }
+
+
+def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline:
+    """An SDXL-shaped pipeline with random weights (`kind` = tiny | small), deterministic in `seed`."""
     scheduler = EulerDiscreteScheduler(  # SDXL base's training schedule (scaled-linear betas, 1000 steps)
         beta_start=0.00085,
         beta_end=0.012,
@@ -160,12 +171,9 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline
         timestep_spacing="leading",
     )
     return StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(text_config(text1)),
-        text_encoder_2=CLIPTextModelWithProjection(text_config(text2)),
+        **build_random_models(kind, seed),
         tokenizer=clip_tokenizer(),
         tokenizer_2=clip_tokenizer(),
-        unet=unet,
         scheduler=scheduler,
     )
 
