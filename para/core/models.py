@@ -178,45 +178,84 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline
     )
 
 
+# `dtype=` in from_pretrained / from_single_file: diffusers accepts it from 0.40.0 on (huggingface/diffusers#14162);
+# older versions drop it silently and load fp32 weights. pyproject.toml pins the same minimum.
+MIN_DIFFUSERS = "0.40.0"
+
+
+def check_diffusers_version(version: str | None = None) -> None:
+    """ModelLoadError if the installed diffusers is older than the loading code needs."""
+    import diffusers
+    from packaging.version import Version
+
+    found = version or diffusers.__version__
+    if Version(found) < Version(MIN_DIFFUSERS):
+        raise ModelLoadError(
+            f"diffusers {found} is too old: the base model is loaded with `dtype=`, which diffusers accepts from "
+            f"{MIN_DIFFUSERS} on (older versions load fp32 weights or fail). pip install 'diffusers>={MIN_DIFFUSERS}'"
+        )
+
+
 def load_pretrained_pipeline(
-    path: str, revision: str | None, variant: str | None, dtype: torch.dtype, vae_path: str | None = None
+    path: str,
+    revision: str | None,
+    variant: str | None,
+    dtype: torch.dtype,
+    vae_path: str | None = None,
+    config_path: str | None = None,
 ) -> StableDiffusionXLPipeline:
     """SDXL from a hub id, a local diffusers folder, or a single-file checkpoint; ModelLoadError otherwise.
 
+    `variant` picks the folder's weight files (`fp16`: `*.fp16.safetensors`), `vae_path` a VAE loaded instead of
+    the base model's (which is then never read), `config_path` the diffusers folder (or hub id) whose configs and
+    tokenizers give a single-file checkpoint its pipeline (`config=` of from_single_file; needed offline).
     Tries the local cache first so that a machine without network fails in seconds, not after retries.
     """
-    attempts = []
+    check_diffusers_version()
     is_file = path.endswith((".safetensors", ".ckpt"))
     if is_file and not Path(path).is_file():
         raise ModelLoadError(_missing_weights_message(path, [f"{path}: no such file"]))
     if path.endswith(".ckpt"):
         raise ModelLoadError(f"{path}: .ckpt files are pickles and are not loaded; convert to .safetensors first")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    components = {"vae": _load_vae(vae_path, dtype, offline)} if vae_path else {}
     tries = [True] if (is_file or offline or Path(path).is_dir()) else [True, False]
+    attempts = []
     for local_only in tries:
         try:
             if is_file:
-                pipe = StableDiffusionXLPipeline.from_single_file(path, dtype=dtype, local_files_only=local_only)
-            else:
-                pipe = StableDiffusionXLPipeline.from_pretrained(
-                    path, revision=revision, variant=variant, dtype=dtype, local_files_only=local_only
+                return StableDiffusionXLPipeline.from_single_file(
+                    path, config=config_path, dtype=dtype, local_files_only=local_only, **components
                 )
-            break
+            return StableDiffusionXLPipeline.from_pretrained(
+                path, revision=revision, variant=variant, dtype=dtype, local_files_only=local_only, **components
+            )
         except Exception as err:  # noqa: BLE001 - hub/IO errors come in many types; all mean "not loadable"
             where = "local cache" if local_only else "model hub"
             attempts.append(f"{path} from the {where}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-    else:
-        raise ModelLoadError(_missing_weights_message(path, attempts))
-    if vae_path:
-        pipe.vae = AutoencoderKL.from_pretrained(vae_path, dtype=dtype, local_files_only=offline)
-    return pipe
+    raise ModelLoadError(_missing_weights_message(path, attempts, single_file=is_file and not config_path))
 
 
-def _missing_weights_message(path: str, attempts: list[str]) -> str:
+def _load_vae(vae_path: str, dtype: torch.dtype, offline: bool) -> AutoencoderKL:
+    try:
+        return AutoencoderKL.from_pretrained(vae_path, dtype=dtype, local_files_only=offline)
+    except Exception as err:  # noqa: BLE001 - as above
+        message = f"model.vae_path={vae_path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        raise ModelLoadError(_missing_weights_message(vae_path, [message])) from err
+
+
+def _missing_weights_message(path: str, attempts: list[str], single_file: bool = False) -> str:
     tried = "\n".join(f"  - {a}" for a in attempts)
+    configs = (
+        "  - a single file needs the pipeline's configs and tokenizers (offline too): "
+        "model.config_path=/path/to/an-sdxl-diffusers-folder\n"
+        if single_file
+        else ""
+    )
     return (
         f"Could not load the base model weights.\nTried:\n{tried}\n"
         "Ways out:\n"
+        f"{configs}"
         "  - point at weights you have: model.path=/path/to/sdxl-folder-or-file.safetensors\n"
         "  - fetch them on a machine with internet: make weights\n"
         "  - or run offline on the tiny random-weight model: model=tiny"
@@ -228,7 +267,12 @@ def load_pipeline(model_cfg, device: torch.device) -> StableDiffusionXLPipeline:
     dtype = resolve_dtype(model_cfg.weights_dtype, device)
     if model_cfg.kind == "pretrained":
         pipe = load_pretrained_pipeline(
-            model_cfg.path or SDXL_HUB_ID, model_cfg.revision, model_cfg.variant, dtype, model_cfg.vae_path
+            model_cfg.path or SDXL_HUB_ID,
+            model_cfg.revision,
+            model_cfg.variant,
+            dtype,
+            model_cfg.vae_path,
+            model_cfg.config_path,
         )
     else:
         pipe = build_random_pipeline(model_cfg.kind, model_cfg.init_seed)

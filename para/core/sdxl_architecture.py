@@ -70,7 +70,10 @@ def build_component(name: str, config: dict) -> nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cls = CLIPTextModel if name == "text_encoder" else CLIPTextModelWithProjection
-    fields = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures", "torch_dtype")}
+    # the dtype a folder was saved in is not the one it is loaded in (from_pretrained(dtype=) decides)
+    fields = {
+        k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures", "torch_dtype", "dtype")
+    }
     return cls(CLIPTextConfig(**fields))
 
 

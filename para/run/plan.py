@@ -30,7 +30,7 @@ from para.core.models import resolve_device, resolve_dtype
 from para.core.trainer import autocast_dtype
 from para.run.config import compose_config
 from para.run.plan_count import Setting, architecture_of, cached_counts
-from para.run.plan_table import markdown
+from para.run.plan_table import markdown, table1_disk_gb
 from para.run.registry import METHODS
 
 GIB = 2**30
@@ -245,12 +245,12 @@ DREAMBOOTH_OPTIONS = {
 }
 
 
-def table1_config(method: str, resolution: int, overrides: list[str] = (), changes: list[tuple[str, Any]] = ()):
-    """A Table 1 cell's config (`+experiment=table1`) for `method` on SDXL at `resolution`."""
+def table1_config(method: str, model: str, resolution: int | None, overrides=(), changes=()) -> DictConfig:
+    """A Table 1 cell's config (`+experiment=table1`) for `method` on `model` (at `resolution`, if given)."""
+    size = [f"model.resolution={resolution}"] if resolution else []
     cfg = compose_config(
-        "+experiment=table1", f"method={method}", "model=sdxl", f"model.resolution={resolution}", "run_dir=unused",
-        *overrides,
-    )  # fmt: skip
+        "+experiment=table1", f"method={method}", f"model={model}", "run_dir=unused", *size, *overrides
+    )
     return with_changes(cfg, list(changes))
 
 
@@ -268,10 +268,10 @@ def _row(label: str, options: str, plan: dict, cards: list[float]) -> dict:
     }
 
 
-def rows(cards: list[float], resolution: int, methods: list[str] | None, overrides: list[str]) -> list[dict]:
+def rows(cards: list[float], model: str, resolution: int | None, methods: list[str] | None, overrides) -> list[dict]:
     records = []
     for name in methods or list(METHODS):
-        cfg = table1_config(name, resolution, overrides)
+        cfg = table1_config(name, model, resolution, overrides)
         plan = estimate(cfg, CUDA)
         record = _row(name, _options(cfg) + " (default)", plan, cards)
         record["fits_with"] = {
@@ -280,27 +280,40 @@ def rows(cards: list[float], resolution: int, methods: list[str] | None, overrid
         records.append(record)
     if methods is None or "dreambooth" in methods:
         for label, changes in DREAMBOOTH_OPTIONS.items():
-            cfg = table1_config("dreambooth", resolution, overrides, changes)
+            cfg = table1_config("dreambooth", model, resolution, overrides, changes)
             records.append({**_row("dreambooth", label, estimate(cfg, CUDA), cards), "table": "dreambooth"})
     return records
 
 
-def write_plan(out: str | Path, cards: list[float], resolution: int, methods: list[str] | None, overrides) -> list:
-    records = rows(list(cards), resolution, methods, list(overrides))
-    write_results(out, "plan", records, markdown(records, list(cards), resolution))
-    return records
+def table1_disk_problem(records: list[dict], out: Path) -> str | None:
+    """The whole table's disk (every cell's adapter and samples, plus one cell's checkpoints) against `out`'s disk."""
+    need = table1_disk_gb(records)
+    folder = out.resolve()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free / GIB
+    if need > free:
+        return f"Table 1 writes ~{need:.0f} GiB, {folder} has {free:.0f} GiB free"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cards", type=float, nargs="+", default=[24, 40, 80], help="card sizes in GiB")
-    parser.add_argument("--resolution", type=int, default=1024)
+    parser.add_argument("--model", default="sdxl", help="conf/model/<name>.yaml (default: sdxl)")
+    parser.add_argument("--resolution", type=int, default=None, help="default: the model's (SDXL: 1024)")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     parser.add_argument("--out", default="runs/plan")
+    parser.add_argument("--check", action="store_true", help="exit 2 if the whole Table 1 does not fit the disk")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every row, e.g. train.batch_size=2")
     args = parser.parse_args(argv)
-    write_plan(args.out, args.cards, args.resolution, args.methods, args.overrides)
-    return 0
+    records = rows(args.cards, args.model, args.resolution, args.methods, args.overrides)
+    resolution = records[0]["resolution"]
+    write_results(args.out, "plan", records, markdown(records, args.cards, args.model, resolution))
+    problem = table1_disk_problem(records, Path(args.out))
+    if problem:
+        print(f"WARNING: {problem}")
+    return 2 if problem and args.check else 0
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ class TrainCounts:
     """Bytes (and parameters) of training one setting; peaks are above the resident weights."""
 
     resident: int  # every component's weights and buffers, the method attached (DreamBooth: fp32 UNet)
-    components: dict[str, int]
+    components: dict[str, int]  # each component as loaded, before the method is attached
     trainable_params: int
     gradients: int
     activations: int  # alive at the end of the forward pass: what backward needs
@@ -176,6 +176,7 @@ def _run_config(setting: Setting, cfg):
 
 
 def _attached(setting: Setting) -> tuple[dict[str, nn.Module], object, list[nn.Parameter]]:
+    """The base model on the meta device with the method attached (it may add tensors or change dtypes)."""
     models = build_models(setting.architecture, DTYPES[setting.weights_dtype])
     method = METHODS[setting.method](json.loads(setting.method_cfg), "plan")
     params = method.attach(models["unet"])
@@ -195,16 +196,18 @@ def _faked(models: dict[str, nn.Module], params: list[nn.Parameter]):
 
 def count_training(setting: Setting, cfg) -> TrainCounts:
     """Count training one setting (see the module docstring). `cfg` is the run config (train.*, method.lr)."""
+    loaded = build_models(setting.architecture, DTYPES[setting.weights_dtype])
+    components = {name: module_bytes(model) for name, model in loaded.items()}  # as loaded, before the method
     models, method, params = _attached(setting)
     state = method.state_dict(models["unet"])
     adapter_file, checkpoint_trainable = _bytes_of(method.to_saved(state)), _bytes_of(state)
-    del state
-    components = {name: module_bytes(model) for name, model in models.items()}
+    del state, loaded
+    resident = sum(module_bytes(model) for model in models.values())
     mode, params, live = _faked(models, params)
     with mode, live:
         step = _train_step(setting, _run_config(setting, cfg), models, method, params, live)
     return TrainCounts(
-        resident=sum(components.values()),
+        resident=resident,
         components=components,
         trainable_params=sum(p.numel() for p in params),
         adapter_file=adapter_file,
@@ -239,7 +242,7 @@ def _train_step(setting: Setting, cfg, models, method, params, live: LiveBytes) 
     trainer = Trainer(types.SimpleNamespace(unet=unet, scheduler=scheduler), method, params, cfg)
     unet.train()
     side = setting.resolution // 8
-    cond = _conditioning(unet, models["text_encoder_2"].dtype)
+    cond = _conditioning(unet, DTYPES[setting.weights_dtype])  # the text encoders' output
     generator = torch.Generator().manual_seed(0)
     base = live.live
     live.restart_peak()

@@ -11,10 +11,11 @@ def _gb(value: float) -> str:
     return f"{value:.1f}"
 
 
-def markdown(records: list[dict], cards: list[float], resolution: int) -> str:
+def markdown(records: list[dict], cards: list[float], model: str, resolution: int) -> str:
     card_cols = " | ".join(f"{c:g} GB" for c in cards)
+    name = "SDXL 1.0" if model == "sdxl" else f"`{model}` (random weights)"
     lines = [
-        f"# Resource plan: SDXL 1.0 at {resolution} px, Table 1 settings, one CUDA card (counted, not measured)",
+        f"# Resource plan: {name} at {resolution} px, Table 1 settings, one CUDA card (counted, not measured)",
         "",
         f"| method | options | weights | trainable | gradients | optimizer | activations | train peak | sample peak "
         f"| total | {card_cols} | checkpoint × kept | disk / cell |",
@@ -67,20 +68,37 @@ def dreambooth_table(records: list[dict], cards: list[float]) -> list[str]:
     return [*lines, ""]
 
 
+def _table1_cells(records: list[dict]) -> list[dict]:
+    return [r for r in records if "table" not in r and r["method"] in ("para", "lora", "dreambooth")]
+
+
+def _subjects() -> int:
+    return len(list((CONF_DIR / "subject").glob("*.yaml")))
+
+
+def table1_disk_gb(records: list[dict]) -> float:
+    """Table 1's disk when its cells run one after another: every cell's adapter and samples, plus the
+    checkpoints of the cell that is training."""
+    cells = _table1_cells(records)
+    if not cells:
+        return 0.0
+    after = _subjects() * sum(r["disk_after_gb"] for r in cells)
+    return after + max(r["disk_peak_gb"] - r["disk_after_gb"] for r in cells)
+
+
 def table1_disk(records: list[dict]) -> list[str]:
-    subjects = len(list((CONF_DIR / "subject").glob("*.yaml")))
-    cells = [r for r in records if "table" not in r and r["method"] in ("para", "lora", "dreambooth")]
+    cells = _table1_cells(records)
     if not cells:
         return []
+    subjects = _subjects()
     after = subjects * sum(r["disk_after_gb"] for r in cells)
     kept = subjects * sum(r["disk_after_with_checkpoints_gb"] for r in cells)
-    running = max(r["disk_peak_gb"] - r["disk_after_gb"] for r in cells)
     names = ", ".join(r["method"] for r in cells)
     return [
         f"## Disk of Table 1 ({subjects} subjects × {names}, one seed)",
         "",
         f"- after every cell: **{after:.0f} GiB** (adapters + samples; checkpoints removed once the adapter is saved)",
         f"- with every cell's checkpoints kept: {kept:.0f} GiB",
-        f"- plus, while a cell trains, up to {running:.0f} GiB of its checkpoints",
+        f"- at most, while the last cell trains: {table1_disk_gb(records):.0f} GiB",
         "",
     ]
