@@ -55,6 +55,13 @@ WEIGHTS_ARGS ?=
 weights: $(STAMP) ## fetch what the configured runs load (SDXL in model.variant, vae_path, eval nets) into the HF cache (internet)
 	$(PY) -m para.run.weights $(WEIGHTS_ARGS)
 
+# `make rehearsal` (docs/resources.md): SDXL's real layout and size with random weights, bf16, a few steps per method
+# on this CPU, measured against the plan → runs/rehearsal/. Builds runs/.cache/rehearsal/ once (~7 GB). Not a test.
+REHEARSAL_ARGS ?=
+.PHONY: rehearsal
+rehearsal: $(STAMP) ## real-layout SDXL (random weights) through `run.py model.path=…` per method in bf16 on CPU; peaks vs the plan → runs/rehearsal/
+	$(PY) -m para.run.rehearsal $(REHEARSAL_ARGS)
+
 # The resource plan (docs/resources.md): counted on SDXL's real architecture, no weights, no GPU. PLAN_ARGS adds
 # flags or overrides, e.g. PLAN_ARGS="--cards 24 48 --resolution 768" or PLAN_ARGS="train.batch_size=2".
 PLAN_ARGS ?=

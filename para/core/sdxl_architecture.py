@@ -4,6 +4,8 @@ The configs are the hub's own files (stabilityai/stable-diffusion-xl-base-1.0: `
 `vae/`, `text_encoder/`, `text_encoder_2/config.json`, `scheduler/scheduler_config.json`), so parameter counts,
 FLOPs and memory plans can be computed exactly on any machine (meta or fake tensors: every shape, no memory),
 and a single-file checkpoint or a random-weight rehearsal folder can be given SDXL's real layout offline.
+`architecture_of(model_cfg)` says where a run's shapes come from (these configs, a local or cached folder's, or the
+tiny/small random models) and `build_models` builds them without weights.
 """
 
 from __future__ import annotations
@@ -81,3 +83,51 @@ def build_sdxl_unet_meta() -> nn.Module:
     """SDXL's UNet2DConditionModel on the meta device: every shape, no memory, no weights."""
     with torch.device("meta"):
         return build_component("unet", sdxl_unet_config())
+
+
+def architecture_of(model_cfg) -> tuple[str, str | None]:
+    """(architecture, note): where the base model's shapes come from, without loading any weights."""
+    from para.core.models import SDXL_HUB_ID  # diffusers: imported only when needed
+
+    if model_cfg.kind != "pretrained":
+        return f"random-{model_cfg.kind}", None
+    path = model_cfg.path or SDXL_HUB_ID
+    single = path.endswith((".safetensors", ".ckpt"))
+    folder = model_cfg.config_path if single else path
+    if folder and (Path(folder) / "model_index.json").is_file():
+        return str(Path(folder).resolve()), None
+    if folder and not single:
+        cached = _cached_hub_folder(folder, model_cfg.revision)
+        if cached:
+            return cached, None
+    if folder in (None, SDXL_HUB_ID):
+        return "sdxl", None
+    return "sdxl", f"the configs of {folder} are not on this machine: SDXL 1.0 base's architecture assumed"
+
+
+def _cached_hub_folder(repo: str, revision: str | None) -> str | None:
+    """The local snapshot of a hub repo if its configs are cached (never downloads)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    files = ("model_index.json", *CONFIG_FILES.values())
+    found = [try_to_load_from_cache(repo, file, revision=revision) for file in files]
+    return str(Path(found[0]).parent) if all(isinstance(f, str) for f in found) else None
+
+
+def build_models(architecture: str, dtype: torch.dtype, device: str = "meta") -> dict[str, nn.Module]:
+    """The base model's UNet, VAE and text encoders on the meta device (or, to check the counts against real
+    tensors, with random weights on the CPU), in `dtype`."""
+    from para.core.models import build_random_models
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in `dtype` (as `from_pretrained(dtype=)` loads), no conversion
+    try:
+        with torch.device(device):
+            if architecture.startswith("random-"):
+                models = build_random_models(architecture.removeprefix("random-"))
+            else:
+                configs = sdxl_configs() if architecture == "sdxl" else folder_configs(architecture)
+                models = {name: build_component(name, configs[name]) for name in MODELS}
+    finally:
+        torch.set_default_dtype(default)
+    return {name: model.requires_grad_(False).eval() for name, model in models.items()}

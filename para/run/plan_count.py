@@ -1,6 +1,6 @@
 """The counting side of the resource plan: one training step, one sampling forward, the VAE, on fake tensors.
 
-The base model is built from its configs on the meta device in the run's weights dtype (`architecture`), the
+The base model is built from its configs on the meta device in the run's weights dtype (`build_models`), the
 method is attached through the registry exactly as a run attaches it, and the UNet's tensors become fake CPU
 tensors (`para.core.fake_memory`). Then the trainer's own loss (`Trainer._loss`: autocast, the SDXL
 conditioning, gradient checkpointing as the run enables it), a backward pass, gradient clipping and a step of
@@ -19,18 +19,19 @@ import hashlib
 import json
 import math
 import types
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
 from para.core.conditioning import Conditioning
 from para.core.fake_memory import LiveBytes, make_fake, module_bytes, storage_bytes
 from para.core.io import atomic_write_json
-from para.core.models import SDXL_HUB_ID, build_random_models
-from para.core.sdxl_architecture import MODELS, build_component, folder_configs, sdxl_config, sdxl_configs
+from para.core.sdxl_architecture import build_models, sdxl_config
 from para.core.trainer import Trainer, build_optimizer
 from para.run.registry import METHODS
 
@@ -97,6 +98,7 @@ class SampleCounts:
     decode_peak: int  # decoding the sample batch with the VAE
 
 
+@lru_cache(maxsize=1)
 def _code_version() -> str:
     """Counts depend on the methods' and the trainer's code: a change there invalidates cached counts."""
     root = Path(__file__).resolve().parents[2]
@@ -105,48 +107,6 @@ def _code_version() -> str:
     for path in [*files, Path(__file__), root / "para/core/fake_memory.py"]:
         digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def architecture_of(model_cfg) -> tuple[str, str | None]:
-    """(architecture, note): where the base model's shapes come from, without loading any weights."""
-    if model_cfg.kind != "pretrained":
-        return f"random-{model_cfg.kind}", None
-    path = model_cfg.path or SDXL_HUB_ID
-    single = path.endswith((".safetensors", ".ckpt"))
-    folder = model_cfg.config_path if single else path
-    if folder and (Path(folder) / "model_index.json").is_file():
-        return str(Path(folder).resolve()), None
-    if folder and not single:
-        cached = _cached_hub_folder(folder, model_cfg.revision)
-        if cached:
-            return cached, None
-    if folder in (None, SDXL_HUB_ID):
-        return "sdxl", None
-    return "sdxl", f"the configs of {folder} are not on this machine: SDXL 1.0 base's architecture assumed"
-
-
-def _cached_hub_folder(repo: str, revision: str | None) -> str | None:
-    """The local snapshot of a hub repo if its configs are cached (never downloads)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo, "model_index.json", revision=revision)
-    return str(Path(found).parent) if isinstance(found, str) else None
-
-
-def build_models(architecture: str, dtype: torch.dtype) -> dict[str, nn.Module]:
-    """The base model's UNet, VAE and text encoders on the meta device, in `dtype`."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in `dtype` (as `from_pretrained(dtype=)` loads), no conversion
-    try:
-        with torch.device("meta"):
-            if architecture.startswith("random-"):
-                models = build_random_models(architecture.removeprefix("random-"))
-            else:
-                configs = sdxl_configs() if architecture == "sdxl" else folder_configs(architecture)
-                models = {name: build_component(name, configs[name]) for name in MODELS}
-    finally:
-        torch.set_default_dtype(default)
-    return {name: model.requires_grad_(False).eval() for name, model in models.items()}
 
 
 def _bytes_of(tensors: dict[str, torch.Tensor]) -> int:
@@ -175,9 +135,9 @@ def _run_config(setting: Setting, cfg):
     return cfg
 
 
-def _attached(setting: Setting) -> tuple[dict[str, nn.Module], object, list[nn.Parameter]]:
-    """The base model on the meta device with the method attached (it may add tensors or change dtypes)."""
-    models = build_models(setting.architecture, DTYPES[setting.weights_dtype])
+def _attached(setting: Setting, device: str) -> tuple[dict[str, nn.Module], object, list[nn.Parameter]]:
+    """The base model with the method attached (it may add tensors or change dtypes)."""
+    models = build_models(setting.architecture, DTYPES[setting.weights_dtype], device)
     method = METHODS[setting.method](json.loads(setting.method_cfg), "plan")
     params = method.attach(models["unet"])
     params += method.attach_text_encoders(types.SimpleNamespace(**models))
@@ -185,27 +145,41 @@ def _attached(setting: Setting) -> tuple[dict[str, nn.Module], object, list[nn.P
 
 
 def _faked(models: dict[str, nn.Module], params: list[nn.Parameter]):
-    """(fake mode, trainable parameters as fake tensors, a LiveBytes that ignores every weight)."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
-    converted: dict[int, torch.Tensor] = {}
-    for model in models.values():
-        converted.update(make_fake(model, mode))
+    """(fake mode, trainable parameters as fake tensors, a LiveBytes that ignores every weight); models with
+    real weights (the check against real tensors) stay as they are."""
+    mode, converted = nullcontext(), {id(p): p for p in params}
+    if next(iter(models.values())).device.type == "meta":
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        for model in models.values():
+            converted.update(make_fake(model, mode))
     live = LiveBytes(ignore=[t for m in models.values() for t in (*m.parameters(), *m.buffers())])
     return mode, [converted[id(p)] for p in params], live
 
 
-def count_training(setting: Setting, cfg) -> TrainCounts:
-    """Count training one setting (see the module docstring). `cfg` is the run config (train.*, method.lr)."""
+def count_training(setting: Setting, cfg, device: str = "meta") -> TrainCounts:
+    """Count training one setting (see the module docstring). `cfg` is the run config (train.*, method.lr);
+    `device="cpu"` runs the same on real tensors (tests: the fake count must equal it).
+
+    The UNet runs in training mode, as in a run. peft's LyCORIS layers (loha, lokr) decide their module dropout
+    from a random number in training mode (`torch.rand(1) > p`), which shapes alone cannot answer; for them the
+    forward is counted in eval mode, which computes the same thing when that dropout is 0 (the default)."""
+    try:
+        return _count_training(setting, cfg, device, train_mode=True)
+    except DataDependentOutputException:
+        return _count_training(setting, cfg, device, train_mode=False)
+
+
+def _count_training(setting: Setting, cfg, device: str, train_mode: bool) -> TrainCounts:
     loaded = build_models(setting.architecture, DTYPES[setting.weights_dtype])
     components = {name: module_bytes(model) for name, model in loaded.items()}  # as loaded, before the method
-    models, method, params = _attached(setting)
+    models, method, params = _attached(setting, device)
     state = method.state_dict(models["unet"])
     adapter_file, checkpoint_trainable = _bytes_of(method.to_saved(state)), _bytes_of(state)
     del state, loaded
     resident = sum(module_bytes(model) for model in models.values())
     mode, params, live = _faked(models, params)
     with mode, live:
-        step = _train_step(setting, _run_config(setting, cfg), models, method, params, live)
+        step = _train_step(setting, _run_config(setting, cfg), models, method, params, live, train_mode)
     return TrainCounts(
         resident=resident,
         components=components,
@@ -216,9 +190,9 @@ def count_training(setting: Setting, cfg) -> TrainCounts:
     )
 
 
-def count_sampling(setting: Setting) -> SampleCounts:
+def count_sampling(setting: Setting, device: str = "meta") -> SampleCounts:
     """Count encoding a photo, one sampling forward and decoding the samples for one setting."""
-    models, _, params = _attached(setting)
+    models, _, params = _attached(setting, device)
     mode, _, live = _faked(models, params)
     with mode, live:
         encode, decode = _vae_peaks(setting, models["vae"], live)
@@ -236,11 +210,11 @@ def _conditioning(unet: nn.Module, dtype: torch.dtype, batch: int = 1) -> Condit
     )
 
 
-def _train_step(setting: Setting, cfg, models, method, params, live: LiveBytes) -> dict[str, int]:
+def _train_step(setting: Setting, cfg, models, method, params, live: LiveBytes, train_mode: bool) -> dict[str, int]:
     unet = models["unet"]
     scheduler = types.SimpleNamespace(config=sdxl_config("scheduler"))
     trainer = Trainer(types.SimpleNamespace(unet=unet, scheduler=scheduler), method, params, cfg)
-    unet.train()
+    unet.train(train_mode)
     side = setting.resolution // 8
     cond = _conditioning(unet, DTYPES[setting.weights_dtype])  # the text encoders' output
     generator = torch.Generator().manual_seed(0)

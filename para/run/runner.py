@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from para.core.conditioning import SubjectLatents
 from para.core.data import instance_prompt, load_subject_images
 from para.core.io import atomic_write_json, atomic_write_text, read_json
-from para.core.memory import peak_mb, reset_peak
+from para.core.memory import current_mb, peak_mb, reset_peak
 from para.core.method import Method
 from para.core.models import load_pipeline, model_id, resolve_device
 from para.core.prompts import evaluation_prompts
@@ -228,6 +228,7 @@ class Run:
         cfg, sc = self.cfg, self.cfg.sample
         merged = method.prepare_for_sampling(pipe.unet, merge=sc.merge)
         t0 = time.perf_counter()
+        start = current_mb(pipe.unet.device)  # on a CPU: what training left resident (heap kept by the allocator)
         reset_peak(pipe.unet.device)
         try:
             generate(
@@ -244,8 +245,8 @@ class Run:
             )
         finally:
             method.finish_sampling(pipe.unet)
-        seconds, peak = time.perf_counter() - t0, peak_mb(pipe.unet.device)
-        self.write_metrics(stage="sampled", sample_info={"seconds": seconds, "merged": merged, "peak_memory_mb": peak})
+        info = {"seconds": time.perf_counter() - t0, "merged": merged, "peak_memory_mb": peak_mb(pipe.unet.device)}
+        self.write_metrics(stage="sampled", sample_info={**info, "start_memory_mb": start})
 
     def _prior(self, pipe) -> tuple[SubjectLatents, str]:
         """Class images from the base model (generated once per model and class, cached) for prior preservation."""
