@@ -212,12 +212,9 @@ def load_pretrained_pipeline(
     Tries the local cache first so that a machine without network fails in seconds, not after retries.
     """
     check_diffusers_version()
+    check_weights_available(path, revision)
     is_file = path.endswith((".safetensors", ".ckpt"))
-    if is_file and not Path(path).is_file():
-        raise ModelLoadError(_missing_weights_message(path, [f"{path}: no such file"]))
-    if path.endswith(".ckpt"):
-        raise ModelLoadError(f"{path}: .ckpt files are pickles and are not loaded; convert to .safetensors first")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    offline = _offline()
     components = {"vae": _load_vae(vae_path, dtype, offline)} if vae_path else {}
     tries = [True] if (is_file or offline or Path(path).is_dir()) else [True, False]
     attempts = []
@@ -234,6 +231,34 @@ def load_pretrained_pipeline(
             where = "local cache" if local_only else "model hub"
             attempts.append(f"{path} from the {where}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
     raise ModelLoadError(_missing_weights_message(path, attempts, single_file=is_file and not config_path))
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+
+def check_weights_available(path: str, revision: str | None = None) -> None:
+    """ModelLoadError within milliseconds (before the resource plan and the load) for weights that cannot be
+    there: a missing single file, a pickle, or, offline, a hub id that is not in the local cache."""
+    if path.endswith(".ckpt"):
+        raise ModelLoadError(f"{path}: .ckpt files are pickles and are not loaded; convert to .safetensors first")
+    if path.endswith(".safetensors"):
+        if not Path(path).is_file():
+            raise ModelLoadError(_missing_weights_message(path, [f"{path}: no such file"]))
+        return
+    if Path(path).is_dir() or not _offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(path, "model_index.json", revision=revision), str):
+        tried = f"{path} from the local cache: not there (HF_HUB_OFFLINE=1: the hub is not asked)"
+        raise ModelLoadError(_missing_weights_message(path, [tried]))
+
+
+def check_model_available(model_cfg) -> None:
+    """`check_weights_available` for a model config (random-weight models are always available)."""
+    if model_cfg.kind == "pretrained":
+        check_weights_available(model_cfg.path or SDXL_HUB_ID, model_cfg.revision)
 
 
 def _load_vae(vae_path: str, dtype: torch.dtype, offline: bool) -> AutoencoderKL:

@@ -40,7 +40,7 @@ GIB = 2**30
 CUDA = torch.device("cuda")
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 DTYPE_ITEMSIZE = {name: dtype.itemsize for dtype, name in DTYPE_NAMES.items()}
-# Changes that lower memory, least intrusive first; `fitting_options` tries them (and pairs of the first five).
+# Changes that lower memory, least intrusive first; `fitting_options` tries them (when none fits alone: pairs).
 OPTIONS: list[tuple[str, Any]] = [
     ("train.gradient_checkpointing", True),
     ("train.optimizer", "adafactor"),

@@ -22,7 +22,7 @@ from para.core.data import instance_prompt, load_subject_images
 from para.core.io import atomic_write_json, atomic_write_text, read_json
 from para.core.memory import current_mb, peak_mb, reset_peak
 from para.core.method import Method
-from para.core.models import load_pipeline, model_id, resolve_device
+from para.core.models import check_model_available, load_pipeline, model_id, resolve_device
 from para.core.prompts import evaluation_prompts
 from para.core.provenance import provenance
 from para.core.sampling import PromptSpec, generate
@@ -108,8 +108,9 @@ class Run:
             return done
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        # Everything that can fail on bad input happens before the run folder is touched. The resource plan first:
-        # a run that cannot fit the card or the disk is refused before its model loads (para.run.plan).
+        # Everything that can fail on bad input happens before the run folder is touched. Missing weights and the
+        # resource plan first: a run that cannot fit the card or the disk is refused before its model loads.
+        check_model_available(cfg.model)
         plan = require_fit(cfg, self.run_dir)
         pipe = load_pipeline(cfg.model, device)
         pixels = load_subject_images(
