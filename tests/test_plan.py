@@ -151,9 +151,10 @@ def test_dreambooth_defaults_fit_the_papers_40gb_a100():
     assert plan.estimate(plan.table1_config("dreambooth", "sdxl", 1024, changes=old), plan.CUDA)["total_gb"] > 40
 
 
-def _table_lines(text: str, heading: str) -> list[str]:
-    section = text.split(heading, 1)[1]
-    return [line for line in section.splitlines() if line.startswith("| ")][:20]
+def _table_lines(text: str, anchor: str) -> list[str]:
+    """The markdown table right after `anchor`."""
+    lines = text.split(anchor, 1)[1].strip().splitlines()
+    return lines[: next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))]
 
 
 @pytest.mark.slow
