@@ -48,9 +48,26 @@ lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# WEIGHTS_ARGS: run-config overrides that decide the files, e.g. WEIGHTS_ARGS="model.variant=fp16" (SDXL in fp16,
+# ~6.9 GB), "model.vae_path=madebyollin/sdxl-vae-fp16-fix", "--dry-run" (list files and sizes, fetch nothing).
+WEIGHTS_ARGS ?=
 .PHONY: weights
-weights: $(STAMP) ## download SDXL base + the evaluation backbones into the local HF cache (needs internet)
-	$(PY) -m para.run.weights
+weights: $(STAMP) ## fetch what the configured runs load (SDXL in model.variant, vae_path, eval nets) into the HF cache (internet)
+	$(PY) -m para.run.weights $(WEIGHTS_ARGS)
+
+# `make rehearsal` (docs/resources.md): SDXL's real layout and size with random weights, bf16, a few steps per method
+# on this CPU, measured against the plan → runs/rehearsal/. Builds runs/.cache/rehearsal/ once (~7 GB). Not a test.
+REHEARSAL_ARGS ?=
+.PHONY: rehearsal
+rehearsal: $(STAMP) ## real-layout SDXL (random weights) through `run.py model.path=…` per method in bf16 on CPU; peaks vs the plan → runs/rehearsal/
+	$(PY) -m para.run.rehearsal $(REHEARSAL_ARGS)
+
+# The resource plan (docs/resources.md): counted on SDXL's real architecture, no weights, no GPU. PLAN_ARGS adds
+# flags or overrides, e.g. PLAN_ARGS="--cards 24 48 --resolution 768" or PLAN_ARGS="train.batch_size=2".
+PLAN_ARGS ?=
+.PHONY: plan
+plan: $(STAMP) ## memory (weights, grads, optimizer, activations, peak vs 24/40/80 GB cards) and disk of every method → runs/plan/plan.{json,md}
+	$(PY) -m para.run.plan $(PLAN_ARGS)
 
 .PHONY: param-table
 param-table: $(STAMP) ## trainable parameters (PaRa vs LoRA by rank/subset/γ, and every method) on the real SDXL UNet architecture
@@ -103,7 +120,8 @@ $(UNFINISHED): FORCE
 FORCE:
 table1-cells: $(TABLE1_CELLS)
 
-reproduce-table1: $(STAMP) ## Table 1: every method x subject x seed, then runs/table1/table1.{csv,md} + tradeoff.png
+reproduce-table1: $(STAMP) ## Table 1: the plan (refuses if the disk is short), every method x subject x seed, then runs/table1/table1.{csv,md} + tradeoff.png
+	$(PY) -m para.run.plan --check --model $(MODEL) --methods $(METHODS) --out $(TABLE1_OUT)/plan $(TABLE1_ARGS)
 	$(MAKE) -k table1-cells; status=$$?; \
 	$(PY) -m eval.table --cells $(TABLE1_CELLS) --out $(TABLE1_OUT) --methods $(METHODS) && exit $$status
 

@@ -1,9 +1,9 @@
 """DreamBooth baseline: full fine-tuning of the UNet (text encoders frozen unless `train_text_encoder`).
 
 Memory on SDXL (2.57 B UNet parameters): fp32 master weights 10.3 GB + fp32 grads 10.3 GB + AdamW moments
-20.5 GB = 41 GB before activations, so a 40 GB card needs `train.optimizer=adamw8bit` (moments 5.1 GB) or
-`adafactor` (factored moments, < 0.1 GB), with `train.gradient_checkpointing=true` and bf16 autocast; an 80 GB
-card fits plain AdamW with gradient checkpointing. The saved file holds the whole UNet in `save_dtype`.
+20.5 GB before activations; `make plan` counts it all (docs/resources.md). Hence this method's own training
+defaults in conf/method/dreambooth.yaml: Adafactor and gradient checkpointing, which fit a 40 GB card. The saved
+file holds the whole UNet in `save_dtype`.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from torch import nn
 
 from para.bench import compare as bench
 from para.bench import peer as bench_peer
-from para.bench.memory import PeakMemory
 from para.bench.report import TARGETS, add_ratios, table1_estimate, targets, to_markdown
+from para.core.memory import PeakMemory
 
 REQUIRED = {
     "method",

@@ -15,7 +15,7 @@ How it measures (all in one process, through the project's own code path):
 - `lora_attn` is LoRA on the attention projections q/k/v/out (diffusers' default target); `frozen` is the floor:
   the same loss, forward and backward through the frozen UNet to the (grad-requiring) input latents, nothing
   to train.
-- Peak memory while attaching and warming up: see `para.bench.memory` (CPU: VmHWM, reset per variant; CUDA:
+- Peak memory while attaching and warming up: see `para.core.memory` (CPU: VmHWM, reset per variant; CUDA:
   max allocated). `peak_memory_mb` = memory held by the pipeline alone (as a real run holds it) + the
   increase, so the benchmark's extra UNet copy is not counted; `peak_increase_mb` is the increase alone.
 - Sampling: each round, `para.core.sampling.generate` (the eval protocol's DDIM sampler and seeds) with the adapter
@@ -51,7 +51,6 @@ from diffusers import StableDiffusionXLPipeline
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from para.bench.memory import PeakMemory, current_mb, release_memory
 from para.bench.parts import (
     PROMPT,
     VARIANTS,
@@ -69,6 +68,7 @@ from para.bench.parts import (
 from para.bench.report import add_ratios, to_markdown
 from para.core.conditioning import SubjectLatents
 from para.core.io import atomic_write_text, write_results
+from para.core.memory import PeakMemory, current_mb, release_memory
 from para.core.method import Method
 from para.core.models import load_pipeline
 from para.core.provenance import provenance

@@ -102,8 +102,9 @@ def clip_tokenizer() -> CLIPTokenizer:
     return tokenizer
 
 
-def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline:
-    """An SDXL-shaped pipeline with random weights (`kind` = tiny | small), deterministic in `seed`."""
+def build_random_models(kind: str, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """The UNet, VAE and both text encoders of an SDXL-shaped model with random weights (`kind` = tiny | small),
+    deterministic in `seed`; under `torch.device("meta")` they have every shape and no memory (`para.run.plan`)."""
     if kind not in RANDOM_SHAPES:
         raise ValueError(f"unknown random model kind {kind!r}; expected one of {sorted(RANDOM_SHAPES)}")
     shape = RANDOM_SHAPES[kind]
@@ -151,6 +152,16 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline
             pad_token_id=49407,
         )
 
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": CLIPTextModel(text_config(text1)),
+        "text_encoder_2": CLIPTextModelWithProjection(text_config(text2)),
+    }
+
+
+def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline:
+    """An SDXL-shaped pipeline with random weights (`kind` = tiny | small), deterministic in `seed`."""
     scheduler = EulerDiscreteScheduler(  # SDXL base's training schedule (scaled-linear betas, 1000 steps)
         beta_start=0.00085,
         beta_end=0.012,
@@ -160,12 +171,9 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline
         timestep_spacing="leading",
     )
     pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(text_config(text1)),
-        text_encoder_2=CLIPTextModelWithProjection(text_config(text2)),
+        **build_random_models(kind, seed),
         tokenizer=clip_tokenizer(),
         tokenizer_2=clip_tokenizer(),
-        unet=unet,
         scheduler=scheduler,
     )
     # A name, as from_pretrained gives one: adapter files record it and refuse another base model (para.api).
@@ -177,45 +185,109 @@ def random_model_id(kind: str, seed: int) -> str:
     return f"random-{kind}-seed{seed}"
 
 
+# `dtype=` in from_pretrained / from_single_file: diffusers accepts it from 0.40.0 on (huggingface/diffusers#14162);
+# older versions drop it silently and load fp32 weights. pyproject.toml pins the same minimum.
+MIN_DIFFUSERS = "0.40.0"
+
+
+def check_diffusers_version(version: str | None = None) -> None:
+    """ModelLoadError if the installed diffusers is older than the loading code needs."""
+    import diffusers
+    from packaging.version import Version
+
+    found = version or diffusers.__version__
+    if Version(found) < Version(MIN_DIFFUSERS):
+        raise ModelLoadError(
+            f"diffusers {found} is too old: the base model is loaded with `dtype=`, which diffusers accepts from "
+            f"{MIN_DIFFUSERS} on (older versions load fp32 weights or fail). pip install 'diffusers>={MIN_DIFFUSERS}'"
+        )
+
+
 def load_pretrained_pipeline(
-    path: str, revision: str | None, variant: str | None, dtype: torch.dtype, vae_path: str | None = None
+    path: str,
+    revision: str | None,
+    variant: str | None,
+    dtype: torch.dtype,
+    vae_path: str | None = None,
+    config_path: str | None = None,
 ) -> StableDiffusionXLPipeline:
     """SDXL from a hub id, a local diffusers folder, or a single-file checkpoint; ModelLoadError otherwise.
 
+    `variant` picks the folder's weight files (`fp16`: `*.fp16.safetensors`), `vae_path` a VAE loaded instead of
+    the base model's (which is then never read), `config_path` the diffusers folder (or hub id) whose configs and
+    tokenizers give a single-file checkpoint its pipeline (`config=` of from_single_file; needed offline).
     Tries the local cache first so that a machine without network fails in seconds, not after retries.
     """
-    attempts = []
+    check_diffusers_version()
+    check_weights_available(path, revision)
     is_file = path.endswith((".safetensors", ".ckpt"))
-    if is_file and not Path(path).is_file():
-        raise ModelLoadError(_missing_weights_message(path, [f"{path}: no such file"]))
-    if path.endswith(".ckpt"):
-        raise ModelLoadError(f"{path}: .ckpt files are pickles and are not loaded; convert to .safetensors first")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    offline = _offline()
+    components = {"vae": _load_vae(vae_path, dtype, offline)} if vae_path else {}
     tries = [True] if (is_file or offline or Path(path).is_dir()) else [True, False]
+    attempts = []
     for local_only in tries:
         try:
             if is_file:
-                pipe = StableDiffusionXLPipeline.from_single_file(path, dtype=dtype, local_files_only=local_only)
-            else:
-                pipe = StableDiffusionXLPipeline.from_pretrained(
-                    path, revision=revision, variant=variant, dtype=dtype, local_files_only=local_only
+                return StableDiffusionXLPipeline.from_single_file(
+                    path, config=config_path, dtype=dtype, local_files_only=local_only, **components
                 )
-            break
+            return StableDiffusionXLPipeline.from_pretrained(
+                path, revision=revision, variant=variant, dtype=dtype, local_files_only=local_only, **components
+            )
         except Exception as err:  # noqa: BLE001 - hub/IO errors come in many types; all mean "not loadable"
             where = "local cache" if local_only else "model hub"
             attempts.append(f"{path} from the {where}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-    else:
-        raise ModelLoadError(_missing_weights_message(path, attempts))
-    if vae_path:
-        pipe.vae = AutoencoderKL.from_pretrained(vae_path, dtype=dtype, local_files_only=offline)
-    return pipe
+    raise ModelLoadError(_missing_weights_message(path, attempts, single_file=is_file and not config_path))
 
 
-def _missing_weights_message(path: str, attempts: list[str]) -> str:
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+
+def check_weights_available(path: str, revision: str | None = None) -> None:
+    """ModelLoadError within milliseconds (before the resource plan and the load) for weights that cannot be
+    there: a missing single file, a pickle, or, offline, a hub id that is not in the local cache."""
+    if path.endswith(".ckpt"):
+        raise ModelLoadError(f"{path}: .ckpt files are pickles and are not loaded; convert to .safetensors first")
+    if path.endswith(".safetensors"):
+        if not Path(path).is_file():
+            raise ModelLoadError(_missing_weights_message(path, [f"{path}: no such file"]))
+        return
+    if Path(path).is_dir() or not _offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(path, "model_index.json", revision=revision), str):
+        tried = f"{path} from the local cache: not there (HF_HUB_OFFLINE=1: the hub is not asked)"
+        raise ModelLoadError(_missing_weights_message(path, [tried]))
+
+
+def check_model_available(model_cfg) -> None:
+    """`check_weights_available` for a model config (random-weight models are always available)."""
+    if model_cfg.kind == "pretrained":
+        check_weights_available(model_cfg.path or SDXL_HUB_ID, model_cfg.revision)
+
+
+def _load_vae(vae_path: str, dtype: torch.dtype, offline: bool) -> AutoencoderKL:
+    try:
+        return AutoencoderKL.from_pretrained(vae_path, dtype=dtype, local_files_only=offline)
+    except Exception as err:  # noqa: BLE001 - as above
+        message = f"model.vae_path={vae_path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        raise ModelLoadError(_missing_weights_message(vae_path, [message])) from err
+
+
+def _missing_weights_message(path: str, attempts: list[str], single_file: bool = False) -> str:
     tried = "\n".join(f"  - {a}" for a in attempts)
+    configs = (
+        "  - a single file needs the pipeline's configs and tokenizers (offline too): "
+        "model.config_path=/path/to/an-sdxl-diffusers-folder\n"
+        if single_file
+        else ""
+    )
     return (
         f"Could not load the base model weights.\nTried:\n{tried}\n"
         "Ways out:\n"
+        f"{configs}"
         "  - point at weights you have: model.path=/path/to/sdxl-folder-or-file.safetensors\n"
         "  - fetch them on a machine with internet: make weights\n"
         "  - or run offline on the tiny random-weight model: model=tiny"
@@ -227,7 +299,12 @@ def load_pipeline(model_cfg, device: torch.device) -> StableDiffusionXLPipeline:
     dtype = resolve_dtype(model_cfg.weights_dtype, device)
     if model_cfg.kind == "pretrained":
         pipe = load_pretrained_pipeline(
-            model_cfg.path or SDXL_HUB_ID, model_cfg.revision, model_cfg.variant, dtype, model_cfg.vae_path
+            model_cfg.path or SDXL_HUB_ID,
+            model_cfg.revision,
+            model_cfg.variant,
+            dtype,
+            model_cfg.vae_path,
+            model_cfg.config_path,
         )
     else:
         pipe = build_random_pipeline(model_cfg.kind, model_cfg.init_seed)

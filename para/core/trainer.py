@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from para.core.checkpoint import latest_checkpoint, save_checkpoint
 from para.core.conditioning import Conditioning, SubjectLatents, encode_prompt
+from para.core.memory import peak_mb, reset_peak
 from para.core.method import Method
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,6 @@ def build_optimizer(params: list[torch.nn.Parameter], name: str, lr: float, weig
     raise ValueError(f"unknown optimizer {name!r}; expected adamw, adamw8bit or adafactor")
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated GPU memory, or the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 class Trainer:
     """Trains `method` on one subject. `cfg` is the full run config (train.*, method.lr, steps, seed)."""
 
@@ -94,8 +87,8 @@ class Trainer:
     ):
         self.pipe, self.method, self.params, self.cfg = pipe, method, params, cfg
         self.train_text = train_text  # text encoders train: the prompt is re-encoded (with grad) every step
-        # CUDA: `train()` starts a new peak-memory count (the run's training peak); a caller measuring a wider
-        # region itself (para.bench.compare: attach + warm-up) turns that off.
+        # `train()` starts a new peak-memory count (the run's training peak: CUDA tensors, or the CPU resident set
+        # with what loading left behind); a caller measuring a wider region itself (para.bench.compare) turns it off.
         self.reset_peak_memory = reset_peak_memory
         self.unet = pipe.unet
         self.device = self.unet.device
@@ -155,8 +148,8 @@ class Trainer:
         prior_cond = encode_prompt(self.pipe, prior[1], resolution) if prior else None
         start, losses, resumed_from = self._resume() if cfg.resume else (0, [], None)
         self.unet.train()
-        if self.device.type == "cuda" and self.reset_peak_memory:
-            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.reset_peak_memory:
+            reset_peak(self.device)
         t0 = time.perf_counter()
         step_seconds = []
         bar = tqdm(
@@ -204,7 +197,7 @@ class Trainer:
                 self.save_checkpoint(done, losses)
         self.unet.eval()
         wall = time.perf_counter() - t0
-        return TrainResult(losses, wall, peak_memory_mb(self.device), resumed_from, step_seconds)
+        return TrainResult(losses, wall, peak_mb(self.device) or 0.0, resumed_from, step_seconds)
 
     def _clip(self) -> float:
         self.scaler.unscale_(self.optimizer)

@@ -21,6 +21,9 @@ class ModelConfig:
     name: str = MISSING  # run-folder / table name of the base model: sdxl | tiny | small
     kind: str = "pretrained"  # pretrained: load weights from `path`; tiny | small: SDXL-shaped, random, in-process
     path: str | None = None  # hub id, local diffusers folder, or single-file .safetensors checkpoint
+    # single-file checkpoints: a diffusers folder (or hub id) with the pipeline's configs and tokenizers, passed to
+    # from_single_file as `config=`; offline, a single file needs one (null: diffusers looks it up on the hub)
+    config_path: str | None = None
     revision: str | None = None
     variant: str | None = None  # e.g. fp16 (the hub's half-precision files)
     vae_path: str | None = None  # optional replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix)
@@ -96,6 +99,16 @@ class EvalConfig:
 
 
 @dataclass
+class PlanConfig:
+    """The resource plan (`para.run.plan`, `make plan`), checked before a run loads its model."""
+
+    check: bool = True  # refuse a run that the plan says cannot fit the device's memory or the disk
+    gpu_memory_gb: float | None = None  # the card's memory; null = detected through torch.cuda
+    reserve_gb: float = 1.0  # reading: kept free on a GPU for the CUDA context and allocator fragmentation
+    cache_dir: str | None = "runs/.cache/plan"  # counts are cached here per architecture and settings; null = off
+
+
+@dataclass
 class LoggerConfig:
     name: str = "none"  # none | wandb; a local JSON-lines log is always written
     project: str = "para"
@@ -115,6 +128,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     steps: int = 200  # paper: PaRa at 200 steps; baselines at 1000 (conf/experiment/table1.yaml)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -199,6 +213,9 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.sample.images_per_prompt > 0, "sample.images_per_prompt", cfg.sample.images_per_prompt, "> 0")
     _check(cfg.sample.steps > 0, "sample.steps", cfg.sample.steps, "> 0")
     _check(cfg.sample.batch_size > 0, "sample.batch_size", cfg.sample.batch_size, "> 0")
+    gpu_gb = cfg.plan.gpu_memory_gb
+    _check(gpu_gb is None or gpu_gb > 0, "plan.gpu_memory_gb", gpu_gb, "null (detect) or a size in GB > 0")
+    _check(cfg.plan.reserve_gb >= 0, "plan.reserve_gb", cfg.plan.reserve_gb, ">= 0")
     if cfg.sample.num_prompts is not None:
         _check(1 <= cfg.sample.num_prompts <= 25, "sample.num_prompts", cfg.sample.num_prompts, "1..25")
     METHODS[cfg.method.name].validate_config(cfg.method)

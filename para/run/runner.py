@@ -20,14 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from para.core.conditioning import SubjectLatents
 from para.core.data import instance_prompt, load_subject_images
 from para.core.io import atomic_write_json, atomic_write_text, read_json
+from para.core.memory import current_mb, peak_mb, reset_peak
 from para.core.method import Method
-from para.core.models import load_pipeline, model_id, resolve_device
+from para.core.models import check_model_available, load_pipeline, model_id, resolve_device
 from para.core.prompts import evaluation_prompts
 from para.core.provenance import provenance
 from para.core.sampling import PromptSpec, generate
 from para.core.trainer import Trainer, TrainResult
 from para.run.config import validate
 from para.run.model_card import write_model_card
+from para.run.plan import require_fit
 from para.run.registry import METHODS
 from para.tracking.loggers import artifact_name, build_logger, image_grid, log_scores, open_image, with_rate
 
@@ -107,7 +109,10 @@ class Run:
             return done
         device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        # Everything that can fail on bad input happens before the run folder is touched.
+        # Everything that can fail on bad input happens before the run folder is touched. Missing weights and the
+        # resource plan first: a run that cannot fit the card or the disk is refused before its model loads.
+        check_model_available(cfg.model)
+        plan = require_fit(cfg, self.run_dir)
         pipe = load_pipeline(cfg.model, device)
         pixels = load_subject_images(
             cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side, cfg.data.images
@@ -127,6 +132,7 @@ class Run:
             steps=cfg.steps,
             seed=cfg.seed,
             run_info=config_dict,
+            plan=plan,  # the plan's counted estimate, next to train_info's measured peak
             meta_info={
                 **provenance(device),
                 "model_id": model_id(cfg.model),
@@ -225,6 +231,8 @@ class Run:
         cfg, sc = self.cfg, self.cfg.sample
         merged = method.prepare_for_sampling(pipe.unet, merge=sc.merge)
         t0 = time.perf_counter()
+        start = current_mb(pipe.unet.device)  # on a CPU: what training left resident (heap kept by the allocator)
+        reset_peak(pipe.unet.device)
         try:
             generate(
                 pipe,
@@ -240,7 +248,8 @@ class Run:
             )
         finally:
             method.finish_sampling(pipe.unet)
-        self.write_metrics(stage="sampled", sample_info={"seconds": time.perf_counter() - t0, "merged": merged})
+        info = {"seconds": time.perf_counter() - t0, "merged": merged, "peak_memory_mb": peak_mb(pipe.unet.device)}
+        self.write_metrics(stage="sampled", sample_info={**info, "start_memory_mb": start})
 
     def _prior(self, pipe) -> tuple[SubjectLatents, str]:
         """Class images from the base model (generated once per model and class, cached) for prior preservation."""

@@ -1,31 +1,116 @@
-"""`make weights`: fetch everything a real run needs into the local Hugging Face / open_clip caches.
+"""`make weights`: fetch exactly what the configured runs load into the local Hugging Face / open_clip caches.
 
-Run it once on a machine with internet; afterwards runs work offline (HF_HUB_OFFLINE=1). Each item is
-tried on its own and the summary says which ones failed and why, so a partial download is visible.
+    python -m para.run.weights [--dry-run] [overrides…]     # e.g. model.variant=fp16 (`make weights WEIGHTS_ARGS=…`)
+
+The files come from the run config (`conf/`, plus overrides): the base model's `model.path` at `model.revision`,
+only the weights `from_pretrained(variant=model.variant)` reads (SDXL 1.0 in fp16: ~6.9 GB instead of ~14 GB in
+fp32, never the repository's `vae_1_0/`, ONNX, Flax, OpenVINO or single-file copies), `model.vae_path` instead of
+the base VAE, the configs and tokenizers of `model.config_path` for a single-file checkpoint, and the evaluation
+backbones (`eval.dino`, `eval.clip_arch`/`eval.clip_pretrained`). `--dry-run` lists the files and their sizes
+(from the hub, or from the local cache when offline) and downloads nothing.
+
+Run it once on a machine with internet; afterwards runs work offline (HF_HUB_OFFLINE=1). Each item is tried on its
+own and the summary says which ones failed and why, so a partial download is visible.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from para.core.models import SDXL_HUB_ID
 
-# diffusers' folder layout without the duplicate full-precision / .bin files: ~7 GB in fp16 + the fp32 UNet
-SDXL_PATTERNS = ["*.json", "*.txt", "tokenizer*/*", "*/diffusion_pytorch_model.safetensors", "*/model.safetensors"]
+# diffusers pipeline folder: component -> weights file stem (diffusers models / transformers models)
+PIPELINE_WEIGHTS = {
+    "unet": "diffusion_pytorch_model",
+    "vae": "diffusion_pytorch_model",
+    "text_encoder": "model",
+    "text_encoder_2": "model",
+}
+PIPELINE_FILES = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/*", "tokenizer_2/*"]
 
 
-def _hub(repo: str, patterns: list[str] | None = None) -> Callable[[], str]:
+def weight_patterns(stem: str, variant: str | None) -> list[str]:
+    """One model's safetensors as diffusers / transformers name them: whole, sharded, the shards' index."""
+    v = f".{variant}" if variant else ""
+    return [f"{stem}{v}.safetensors", f"{stem}-?????-of-?????{v}.safetensors", f"{stem}.safetensors.index{v}.json"]
+
+
+def pipeline_patterns(variant: str | None, skip: tuple[str, ...] = ()) -> list[str]:
+    """allow_patterns of an SDXL diffusers folder: configs, tokenizers and the weights of `variant` only."""
+    patterns = list(PIPELINE_FILES)
+    for component, stem in PIPELINE_WEIGHTS.items():
+        if component not in skip:
+            patterns += [f"{component}/config.json", *(f"{component}/{p}" for p in weight_patterns(stem, variant))]
+    return patterns
+
+
+CONFIG_PATTERNS = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer*/*"]
+
+
+@dataclass
+class HubItem:
+    """A hub repository (or part of it) to fetch."""
+
+    label: str
+    repo: str
+    revision: str | None = None
+    patterns: list[str] | None = None  # None: every file
+
+
+def hub_items(cfg) -> list[HubItem]:
+    """What the runs of `cfg` load from the hub (local paths are left alone)."""
+    m = cfg.model
+    items = []
+    path = m.path or SDXL_HUB_ID
+    if m.kind == "pretrained":
+        single = path.endswith((".safetensors", ".ckpt"))
+        if not single and not Path(path).exists():
+            skip = ("vae",) if m.vae_path else ()
+            items.append(HubItem(f"base model ({path})", path, m.revision, pipeline_patterns(m.variant, skip)))
+        if single and m.config_path and not Path(m.config_path).exists():
+            items.append(HubItem(f"configs for {path} ({m.config_path})", m.config_path, None, CONFIG_PATTERNS))
+        if m.vae_path and not Path(m.vae_path).exists():
+            vae = ["config.json", *weight_patterns("diffusion_pytorch_model", None)]
+            items.append(HubItem(f"VAE ({m.vae_path})", m.vae_path, None, vae))
+    if not Path(cfg.eval.dino).expanduser().exists():
+        items.append(HubItem(f"DINO ({cfg.eval.dino})", cfg.eval.dino, None, ["*.json", "*.safetensors", "*.bin"]))
+    return items
+
+
+def listing(item: HubItem) -> list[tuple[str, int | None, bool]]:
+    """(file, size, cached) of what `item` selects: asked of the hub (huggingface_hub's dry run), or, offline,
+    read from the local cache. Raises if neither can answer."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import DryRunError
+    from huggingface_hub.utils import filter_repo_objects
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false"):
+        try:
+            infos = snapshot_download(item.repo, revision=item.revision, allow_patterns=item.patterns, dry_run=True)
+            return [(i.filename, i.file_size, i.is_cached) for i in infos]
+        except DryRunError:
+            pass  # no network: what does the cache hold?
+    cached = snapshot_download(item.repo, revision=item.revision, allow_patterns=item.patterns, local_files_only=True)
+    folder = Path(cached)  # the whole cached snapshot: select as the download would
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return [(n, (folder / n).stat().st_size, True) for n in filter_repo_objects(names, allow_patterns=item.patterns)]
+
+
+def _fetch_hub(item: HubItem) -> Callable[[], str]:
     def fetch() -> str:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(repo, allow_patterns=patterns)
+        return snapshot_download(item.repo, revision=item.revision, allow_patterns=item.patterns)
 
     return fetch
 
 
-def _open_clip(arch: str, tag: str) -> Callable[[], str]:
+def _fetch_open_clip(arch: str, tag: str) -> Callable[[], str]:
     def fetch() -> str:
         import open_clip
 
@@ -35,23 +120,51 @@ def _open_clip(arch: str, tag: str) -> Callable[[], str]:
     return fetch
 
 
-def items(sdxl: str, dino: str, clip_arch: str, clip_tag: str) -> dict[str, Callable[[], str]]:
-    return {
-        f"SDXL base ({sdxl})": _hub(sdxl, SDXL_PATTERNS),
-        f"DINO ({dino})": _hub(dino),
-        f"CLIP ({clip_arch}, {clip_tag})": _open_clip(clip_arch, clip_tag),
-    }
+def fetchers(cfg) -> dict[str, Callable[[], str]]:
+    out = {item.label: _fetch_hub(item) for item in hub_items(cfg)}
+    out[f"CLIP ({cfg.eval.clip_arch}, {cfg.eval.clip_pretrained})"] = _fetch_open_clip(
+        cfg.eval.clip_arch, cfg.eval.clip_pretrained
+    )
+    return out
+
+
+def dry_run(cfg) -> int:
+    """Print every file `make weights` would fetch with its size; 1 if an item could not be listed."""
+    failed, total = 0, 0
+    for item in hub_items(cfg):
+        print(f"{item.label}: {item.repo}@{item.revision or 'main'}")
+        try:
+            files = listing(item)
+        except Exception as err:  # noqa: BLE001 - offline and not cached, gated, missing: report and go on
+            print(f"  cannot list: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}")
+            failed += 1
+            continue
+        for name, size, cached in files:
+            print(f"  {_size(size):>10}  {name}{'  (cached)' if cached else ''}")
+            total += size or 0
+        print(f"  {_size(sum(s or 0 for _, s, _ in files)):>10}  in {len(files)} files")
+    print(f"total {_size(total)} (+ open_clip {cfg.eval.clip_arch}/{cfg.eval.clip_pretrained})")
+    return 1 if failed else 0
+
+
+def _size(nbytes: int | None) -> str:
+    if nbytes is None:
+        return "?"
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.2f} MB" if nbytes >= 1e5 else f"{nbytes} B"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from para.run.config import compose_config
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sdxl", default=SDXL_HUB_ID)
-    parser.add_argument("--dino", default="facebook/dino-vits16")
-    parser.add_argument("--clip-arch", default="ViT-B-32")
-    parser.add_argument("--clip-pretrained", default="openai")
+    parser.add_argument("--dry-run", action="store_true", help="list the files and sizes; download nothing")
+    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. model.variant=fp16")
     args = parser.parse_args(argv)
+    cfg = compose_config(*args.overrides, "run_dir=unused")
+    if args.dry_run:
+        return dry_run(cfg)
     failed = []
-    for name, fetch in items(args.sdxl, args.dino, args.clip_arch, args.clip_pretrained).items():
+    for name, fetch in fetchers(cfg).items():
         print(f"fetching {name} ...", flush=True)
         try:
             print(f"  ok: {fetch()}")
@@ -62,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(
             f"\n{len(failed)} item(s) could not be fetched: {', '.join(failed)}.\n"
-            "Is there internet access (and `huggingface-cli login` for gated repos)? "
+            "Is there internet access (and `hf auth login` for gated repos)? "
             "Alternatively copy the folders and set model.path=... / eval.dino=... to local paths."
         )
         return 1

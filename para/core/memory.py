@@ -1,4 +1,4 @@
-"""Peak memory of one region of code, per method, inside one process (used by `para.bench.compare`).
+"""Peak memory of one region of code (a run's training, sampling; each method in `para.bench.compare`).
 
 CPU: the kernel's resident-set high-water mark (VmHWM), reset at the start of the region by writing `5` to
 `/proc/self/clear_refs` (Linux ≥ 4.0). `ru_maxrss` cannot do this: it only grows over the life of the process,

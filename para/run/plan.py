@@ -1,0 +1,349 @@
+"""The resource plan: will a run fit the card and the disk? Counted on the real architecture before anything loads.
+
+    python -m para.run.plan [--cards 24 40 80] [--resolution 1024] [--out runs/plan] [overrides…]   # `make plan`
+
+For every method (SDXL 1.0, Table 1's settings, a CUDA card): resident weights, trainable parameters,
+gradients, optimizer state, activations (counted, `para.run.plan_count`), the peak of each phase (encoding the
+photos, training, sampling) against 24/40/80 GB cards, checkpoint size × how many are kept, and the disk of one
+Table 1 cell and of the whole table → a table on screen and `runs/plan/plan.{json,md}`.
+
+`check(cfg)` is the same plan for one run on its own device (`plan.gpu_memory_gb`, or detected; on a CPU the
+available RAM) and the free disk of its run folder: the runner calls it before loading the model and refuses a
+run that cannot fit, naming the options that would (`fitting_options`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from para.core.io import write_results
+from para.core.memory import current_mb
+from para.core.models import resolve_device, resolve_dtype
+from para.core.sdxl_architecture import architecture_of
+from para.core.trainer import autocast_dtype
+from para.run.config import compose_config
+from para.run.plan_count import Setting, cached_counts
+from para.run.plan_table import markdown, table1_disk_gb
+from para.run.registry import METHODS
+
+log = logging.getLogger(__name__)
+GIB = 2**30
+CUDA = torch.device("cuda")
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+DTYPE_ITEMSIZE = {name: dtype.itemsize for dtype, name in DTYPE_NAMES.items()}
+# Changes that lower memory, least intrusive first; `fitting_options` tries them (when none fits alone: pairs).
+OPTIONS: list[tuple[str, Any]] = [
+    ("train.gradient_checkpointing", True),
+    ("train.optimizer", "adafactor"),
+    ("train.optimizer", "adamw8bit"),
+    ("sample.batch_size", 1),
+    ("train.mixed_precision", "bf16"),
+    ("model.weights_dtype", "bf16"),
+    ("model.resolution", 768),
+    ("model.resolution", 512),
+]
+
+
+class PlanError(ValueError):
+    """The run cannot fit this machine's memory or disk; the message names the options that would."""
+
+
+def setting_of(cfg: DictConfig, device: torch.device) -> Setting:
+    """What memory depends on in `cfg`, with `auto` resolved for `device`."""
+    amp = autocast_dtype(cfg.train.mixed_precision, device)
+    return Setting(
+        architecture=architecture_of(cfg.model)[0],
+        method=cfg.method.name,
+        method_cfg=json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True),
+        weights_dtype=DTYPE_NAMES[resolve_dtype(cfg.model.weights_dtype, device)],
+        autocast=DTYPE_NAMES[amp] if amp else None,
+        resolution=cfg.model.resolution,
+        batch_size=cfg.train.batch_size,
+        gradient_checkpointing=bool(cfg.train.gradient_checkpointing),
+        prior=cfg.train.prior_loss_weight > 0,
+        sample_resolution=cfg.sample.resolution or cfg.model.resolution,
+        sample_batch_size=cfg.sample.batch_size,
+    )
+
+
+def checkpoints_written(cfg: DictConfig) -> int:
+    """The trainer saves at every multiple of `checkpoint_every` before the last step."""
+    every = cfg.train.checkpoint_every
+    return (cfg.steps - 1) // every if every else 0
+
+
+def disk(cfg: DictConfig, counts) -> dict[str, float]:
+    """Bytes a run writes: adapter, samples (raw RGB size: an upper bound for PNG), checkpoints."""
+    checkpoint = counts.checkpoint_trainable + counts.optimizer_state[cfg.train.optimizer]
+    written, keep = checkpoints_written(cfg), cfg.train.keep_checkpoints
+    kept = written if keep <= 0 else min(written, keep)
+    at_once = written if keep <= 0 else min(written, keep + 1)  # a new one is complete before old ones go
+    prompts = cfg.sample.num_prompts or 25
+    side = cfg.sample.resolution or cfg.model.resolution
+    samples = prompts * cfg.sample.images_per_prompt * side * side * 3 if cfg.sample.enabled else 0
+    end = counts.adapter_file + samples
+    return {
+        "adapter_gb": counts.adapter_file / GIB,
+        "checkpoint_gb": checkpoint / GIB,
+        "checkpoints_kept": kept,
+        "samples_gb": samples / GIB,
+        "disk_peak_gb": max(at_once * checkpoint, end + kept * checkpoint) / GIB,
+        "disk_after_gb": end / GIB,  # checkpoints removed once the adapter is saved
+        "disk_after_with_checkpoints_gb": (end + kept * checkpoint) / GIB,
+    }
+
+
+def runtime_bytes(device: torch.device, reserve_gb: float) -> int:
+    """Memory a run uses besides its tensors: on a GPU the reserve (CUDA context, fragmentation; a reading),
+    on a CPU this process's resident set now (Python, torch, diffusers … before the model loads)."""
+    if device.type == "cuda":
+        return int(reserve_gb * GIB)
+    return int((current_mb(device) or 0.0) * 2**20)
+
+
+def load_bytes(cfg: DictConfig, components: dict[str, int], weights_dtype: str) -> int:
+    """Host RAM at the end of loading: the loaded weights plus the largest component's file tensors, read at the
+    file's precision (fp16 for `model.variant=fp16`, else fp32) and alive beside their converted copy until that
+    component is in place (`make rehearsal` measured this: the process peak is at loading on a CPU)."""
+    itemsize = DTYPE_ITEMSIZE[weights_dtype]
+    file_itemsize = 2 if cfg.model.variant in ("fp16", "bf16") else 4
+    return sum(components.values()) + max(components.values()) * file_itemsize // itemsize
+
+
+def estimate(cfg: DictConfig, device: torch.device | None = None) -> dict[str, Any]:
+    """The plan of one run on `device` (default: the run's own) as a flat record (sizes in GiB)."""
+    device = device or resolve_device(cfg.device)
+    setting = setting_of(cfg, device)
+    counts, sampling = cached_counts(setting, cfg, cfg.plan.cache_dir)
+    optimizer = cfg.train.optimizer
+    phases = {
+        "encode": sampling.encode_peak,
+        "train": counts.train_peak(optimizer),
+        "sample": max(sampling.sample_peak, sampling.decode_peak),
+    }
+    if device.type == "cpu":  # on a GPU loading happens in host RAM, not on the card
+        phases["load"] = load_bytes(cfg, counts.components, setting.weights_dtype) - counts.resident
+    phase = max(phases, key=phases.get)
+    runtime = runtime_bytes(device, cfg.plan.reserve_gb)
+    return {
+        "method": cfg.method.name,
+        "device": device.type,
+        "architecture": setting.architecture,
+        "note": architecture_of(cfg.model)[1],
+        "resolution": setting.resolution,
+        "weights_dtype": setting.weights_dtype,
+        "autocast": setting.autocast,
+        "optimizer": optimizer,
+        "gradient_checkpointing": setting.gradient_checkpointing,
+        "trainable_params": counts.trainable_params,
+        "weights_gb": counts.resident / GIB,
+        "components_gb": {k: v / GIB for k, v in counts.components.items()},
+        "gradients_gb": counts.gradients / GIB,
+        "optimizer_gb": counts.optimizer_state[optimizer] / GIB,
+        "activations_gb": counts.activations / GIB,
+        **{f"{name}_peak_gb": (counts.resident + value) / GIB for name, value in phases.items()},
+        "peak_gb": (counts.resident + phases[phase]) / GIB,
+        "peak_phase": phase,
+        "runtime_gb": runtime / GIB,
+        "total_gb": (counts.resident + phases[phase] + runtime) / GIB,
+        **disk(cfg, counts),
+    }
+
+
+def with_changes(cfg: DictConfig, changes: list[tuple[str, Any]]) -> DictConfig:
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key, value in changes:
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def _is_current(cfg: DictConfig, key: str, value: Any, device: torch.device) -> bool:
+    current = OmegaConf.select(cfg, key)
+    if key == "train.mixed_precision":
+        return autocast_dtype(current, device) is not None  # already mixed precision: nothing to gain
+    if key == "model.weights_dtype":
+        return resolve_dtype(current, device).itemsize <= 2
+    if key == "model.resolution":
+        return current <= value
+    return current == value
+
+
+def fitting_options(cfg: DictConfig, device: torch.device, budget_gb: float, limit: int = 4) -> list[str]:
+    """Up to `limit` changes from OPTIONS with which the run's total fits `budget_gb`: single changes, or, when
+    none fits alone, pairs of the first five."""
+    single = [[o] for o in OPTIONS if not _is_current(cfg, *o, device)]
+    pairs = [a + b for i, a in enumerate(single[:5]) for b in single[i + 1 : 5] if a[0][0] != b[0][0]]
+    found = _fitting(cfg, device, budget_gb, single, limit) or _fitting(cfg, device, budget_gb, pairs, limit)
+    return [" ".join(f"{k}={str(v).lower()}" for k, v in changes) for changes in found]
+
+
+def _fitting(cfg: DictConfig, device: torch.device, budget_gb: float, candidates: list, limit: int) -> list:
+    found = []
+    for changes in candidates:
+        try:
+            fits = estimate(with_changes(cfg, changes), device)["total_gb"] <= budget_gb
+        except Exception as err:  # noqa: BLE001 - a combination the trainer itself cannot run is no option
+            log.info("plan: %s not counted (%s: %s)", changes, type(err).__name__, str(err)[:200])
+            continue
+        if fits:
+            found.append(changes)
+        if len(found) == limit:
+            break
+    return found
+
+
+def memory_budget_gb(cfg: DictConfig, device: torch.device) -> tuple[float, str]:
+    """(GiB the run may use in total, what it is): the card, or on a CPU the RAM available now + this process."""
+    if device.type == "cuda":
+        if cfg.plan.gpu_memory_gb is not None:
+            return cfg.plan.gpu_memory_gb, "plan.gpu_memory_gb"
+        total = torch.cuda.get_device_properties(device).total_memory / GIB
+        return total, torch.cuda.get_device_name(device)
+    available = _meminfo_kib("MemAvailable")
+    if available is None:
+        return float("inf"), "RAM (unknown)"
+    return (available * 1024 + runtime_bytes(device, 0)) / GIB, "RAM available"
+
+
+def _meminfo_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def check(cfg: DictConfig, run_dir: Path | None = None) -> list[str]:
+    """Problems that stop `cfg` from fitting its device or disk (empty when it fits), each naming the way out."""
+    device = resolve_device(cfg.device)
+    plan = estimate(cfg, device)
+    problems = []
+    budget, what = memory_budget_gb(cfg, device)
+    if plan["total_gb"] > budget:
+        options = fitting_options(cfg, device, budget)
+        bigger = "a larger card" if device.type == "cuda" else "a machine with more free RAM"
+        ways = "; ".join(options) if options else f"none of the plan's options; use {bigger}"
+        problems.append(
+            f"{cfg.method.name} needs ~{plan['total_gb']:.1f} GiB of {device.type} memory at its peak "
+            f"({plan['peak_phase']}), {what} has {budget:.1f} GiB. Options that fit: {ways}"
+        )
+    folder = Path(run_dir or cfg.run_dir).resolve()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free / GIB
+    if plan["disk_peak_gb"] > free:
+        problems.append(
+            f"the run writes up to {plan['disk_peak_gb']:.1f} GiB (checkpoints {plan['checkpoint_gb']:.2f} GiB each), "
+            f"{folder} has {free:.1f} GiB free: free space, lower train.keep_checkpoints or train.checkpoint_every=0"
+        )
+    return problems
+
+
+def require_fit(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any] | None:
+    """The runner's gate: the plan record, or PlanError naming the problems (nothing when plan.check=false)."""
+    if not cfg.plan.check:
+        return None
+    try:
+        problems = check(cfg, run_dir)
+    except Exception as err:  # noqa: BLE001 - a plan that cannot count a run must not stop it; the run will tell
+        log.warning("the resource plan could not count this run (%s: %s); not checked", type(err).__name__, err)
+        return None
+    if problems:
+        raise PlanError("the resource plan refuses this run:\n  - " + "\n  - ".join(problems))
+    return estimate(cfg)
+
+
+# --- `make plan` ----------------------------------------------------------------------------------------
+# DreamBooth's memory options (docs/methods.md "DreamBooth memory" is this table, as `make plan` prints it)
+DREAMBOOTH_OPTIONS = {
+    "AdamW": [("train.optimizer", "adamw"), ("train.gradient_checkpointing", False)],
+    "AdamW + checkpointing": [("train.optimizer", "adamw"), ("train.gradient_checkpointing", True)],
+    "8-bit AdamW + checkpointing": [("train.optimizer", "adamw8bit"), ("train.gradient_checkpointing", True)],
+    "Adafactor + checkpointing": [("train.optimizer", "adafactor"), ("train.gradient_checkpointing", True)],
+}
+
+
+def table1_config(method: str, model: str, resolution: int | None, overrides=(), changes=()) -> DictConfig:
+    """A Table 1 cell's config (`+experiment=table1`) for `method` on `model` (at `resolution`, if given)."""
+    size = [f"model.resolution={resolution}"] if resolution else []
+    cfg = compose_config(
+        "+experiment=table1", f"method={method}", f"model={model}", "run_dir=unused", *size, *overrides
+    )
+    return with_changes(cfg, list(changes))
+
+
+def _options(cfg) -> str:
+    tc = cfg.train
+    return f"{tc.optimizer}{', checkpointing' if tc.gradient_checkpointing else ''}"
+
+
+def _row(label: str, options: str, plan: dict, cards: list[float]) -> dict:
+    return {
+        "method": label,
+        "options": options,
+        **plan,
+        **{f"fits_{card:g}": plan["total_gb"] <= card for card in cards},
+    }
+
+
+def rows(cards: list[float], model: str, resolution: int | None, methods: list[str] | None, overrides) -> list[dict]:
+    records = []
+    for name in methods or list(METHODS):
+        cfg = table1_config(name, model, resolution, overrides)
+        plan = estimate(cfg, CUDA)
+        record = _row(name, _options(cfg) + " (default)", plan, cards)
+        record["fits_with"] = {
+            f"{card:g}": fitting_options(cfg, CUDA, card) for card in cards if not record[f"fits_{card:g}"]
+        }
+        records.append(record)
+    if methods is None or "dreambooth" in methods:
+        for label, changes in DREAMBOOTH_OPTIONS.items():
+            cfg = table1_config("dreambooth", model, resolution, overrides, changes)
+            records.append({**_row("dreambooth", label, estimate(cfg, CUDA), cards), "table": "dreambooth"})
+    return records
+
+
+def table1_disk_problem(records: list[dict], out: Path) -> str | None:
+    """The whole table's disk (every cell's adapter and samples, plus one cell's checkpoints) against `out`'s disk."""
+    need = table1_disk_gb(records)
+    folder = out.resolve()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free / GIB
+    if need > free:
+        return f"Table 1 writes ~{need:.0f} GiB, {folder} has {free:.0f} GiB free"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cards", type=float, nargs="+", default=[24, 40, 80], help="card sizes in GiB")
+    parser.add_argument("--model", default="sdxl", help="conf/model/<name>.yaml (default: sdxl)")
+    parser.add_argument("--resolution", type=int, default=None, help="default: the model's (SDXL: 1024)")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
+    parser.add_argument("--out", default="runs/plan")
+    parser.add_argument("--check", action="store_true", help="exit 2 if the whole Table 1 does not fit the disk")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every row, e.g. train.batch_size=2")
+    args = parser.parse_args(argv)
+    records = rows(args.cards, args.model, args.resolution, args.methods, args.overrides)
+    resolution = records[0]["resolution"]
+    write_results(args.out, "plan", records, markdown(records, args.cards, args.model, resolution))
+    problem = table1_disk_problem(records, Path(args.out))
+    if problem:
+        print(f"WARNING: {problem}")
+    return 2 if problem and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

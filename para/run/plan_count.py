@@ -1,0 +1,328 @@
+"""The counting side of the resource plan: one training step, one sampling forward, the VAE, on fake tensors.
+
+The base model is built from its configs on the meta device in the run's weights dtype (`build_models`), the
+method is attached through the registry exactly as a run attaches it, and the UNet's tensors become fake CPU
+tensors (`para.core.fake_memory`). Then the trainer's own loss (`Trainer._loss`: autocast, the SDXL
+conditioning, gradient checkpointing as the run enables it), a backward pass, gradient clipping and a step of
+the run's optimizer run under `LiveBytes`, and so do one sampling forward (classifier-free guidance doubles the
+batch) and the VAE's encode and decode. Nothing is guessed except what a CPU cannot run: bitsandbytes' 8-bit
+AdamW, whose state is computed from its layout (below).
+
+Counts are cached in memory and, per architecture and settings, as JSON files (`plan.cache_dir`), so the
+check before every run costs seconds once per setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+
+from para.core.conditioning import Conditioning
+from para.core.fake_memory import LiveBytes, make_fake, module_bytes, storage_bytes
+from para.core.io import atomic_write_json
+from para.core.sdxl_architecture import build_models, sdxl_config
+from para.core.trainer import Trainer, build_optimizer
+from para.run.registry import METHODS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOKENS = 77
+
+
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What memory depends on, resolved for the target device (no `auto` left). The optimizer is not part of
+    it: one backward pass gives the gradients every optimizer's state is counted from."""
+
+    architecture: str  # sdxl (shipped configs) | random-tiny | random-small | a diffusers folder
+    method: str
+    method_cfg: str  # JSON of the method's config
+    weights_dtype: str  # float32 | bfloat16 | float16
+    autocast: str | None  # bfloat16 | float16 | None
+    resolution: int
+    batch_size: int
+    gradient_checkpointing: bool
+    prior: bool
+    sample_resolution: int
+    sample_batch_size: int
+
+    def key(self, part: str) -> str:
+        """Cache key of the `train` or `sample` counts: only the fields that part depends on."""
+        skip = TRAIN_ONLY if part == "sample" else SAMPLE_ONLY
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        text = json.dumps(fields, sort_keys=True) + part + _code_version()
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+TRAIN_ONLY = ("batch_size", "gradient_checkpointing", "prior")
+SAMPLE_ONLY = ("sample_resolution", "sample_batch_size")
+
+
+@dataclass
+class TrainCounts:
+    """Bytes (and parameters) of training one setting; peaks are above the resident weights."""
+
+    resident: int  # every component's weights and buffers, the method attached (DreamBooth: fp32 UNet)
+    components: dict[str, int]  # each component as loaded, before the method is attached
+    trainable_params: int
+    gradients: int
+    activations: int  # alive at the end of the forward pass: what backward needs
+    step_peak: int  # forward + backward, gradients included
+    optimizer_state: dict[str, int]  # per optimizer (OPTIMIZERS)
+    optimizer_peak: dict[str, int]  # the optimizer step: gradients, new state, temporaries
+    adapter_file: int  # the saved adapter (`Method.to_saved`)
+    checkpoint_trainable: int  # a checkpoint's method state (`Method.state_dict`); + optimizer state
+
+    def train_peak(self, optimizer: str) -> int:
+        """Steady-state step: the optimizer state exists through forward and backward."""
+        return max(self.step_peak + self.optimizer_state[optimizer], self.optimizer_peak[optimizer])
+
+
+@dataclass
+class SampleCounts:
+    encode_peak: int  # encoding one photo with the VAE (latents are cached before training)
+    sample_peak: int  # one sampling forward of the UNet (2 × sample batch: classifier-free guidance)
+    decode_peak: int  # decoding the sample batch with the VAE
+
+
+@lru_cache(maxsize=1)
+def _code_version() -> str:
+    """Counts depend on the methods' and the trainer's code: a change there invalidates cached counts."""
+    root = Path(__file__).resolve().parents[2]
+    files = sorted([*root.glob("para/*.py"), *root.glob("baselines/*.py"), root / "para/core/trainer.py"])
+    digest = hashlib.sha1(torch.__version__.encode())
+    for path in [*files, Path(__file__), root / "para/core/fake_memory.py"]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _bytes_of(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def adamw8bit_state_bytes(params: list[nn.Parameter]) -> int:
+    """bitsandbytes' AdamW8bit (blockwise): two uint8 moments + one fp32 absmax per 256 values for each tensor
+    of ≥ 4096 values (`min_8bit_size`); smaller tensors keep two fp32 moments. It needs CUDA, so it is computed."""
+    total = 0
+    for p in params:
+        n = p.numel()
+        total += 2 * n + 2 * 4 * math.ceil(n / 256) if n >= 4096 else 2 * 4 * n
+    return total
+
+
+def _run_config(setting: Setting, cfg):
+    """The run config as the trainer reads it, with the counted setting's choices."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg.train.mixed_precision = {"bfloat16": "bf16", "float16": "fp16", None: "no"}[setting.autocast]
+    cfg.train.gradient_checkpointing = setting.gradient_checkpointing
+    cfg.train.optimizer = "adamw"  # the trainer's own optimizer is not stepped: `_optimizer_step` runs each
+    cfg.train.compile = False
+    return cfg
+
+
+def _attached(setting: Setting, device: str) -> tuple[dict[str, nn.Module], object, list[nn.Parameter]]:
+    """The base model with the method attached (it may add tensors or change dtypes)."""
+    models = build_models(setting.architecture, DTYPES[setting.weights_dtype], device)
+    method = METHODS[setting.method](json.loads(setting.method_cfg), "plan")
+    params = method.attach(models["unet"])
+    params += method.attach_text_encoders(types.SimpleNamespace(**models))
+    return models, method, params
+
+
+def _faked(models: dict[str, nn.Module], params: list[nn.Parameter]):
+    """(fake mode, trainable parameters as fake tensors, a LiveBytes that ignores every weight); models with
+    real weights (the check against real tensors) stay as they are."""
+    mode, converted = nullcontext(), {id(p): p for p in params}
+    if next(iter(models.values())).device.type == "meta":
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        for model in models.values():
+            converted.update(make_fake(model, mode))
+    live = LiveBytes(ignore=[t for m in models.values() for t in (*m.parameters(), *m.buffers())])
+    return mode, [converted[id(p)] for p in params], live
+
+
+def count_training(setting: Setting, cfg, device: str = "meta") -> TrainCounts:
+    """Count training one setting (see the module docstring). `cfg` is the run config (train.*, method.lr);
+    `device="cpu"` runs the same on real tensors (tests: the fake count must equal it).
+
+    The UNet runs in training mode, as in a run. peft's LyCORIS layers (loha, lokr) decide their module dropout
+    from a random number in training mode (`torch.rand(1) > p`), which shapes alone cannot answer; for them the
+    forward is counted in eval mode, which computes the same thing when that dropout is 0 (the default)."""
+    try:
+        return _count_training(setting, cfg, device, train_mode=True)
+    except DataDependentOutputException:
+        return _count_training(setting, cfg, device, train_mode=False)
+
+
+def _count_training(setting: Setting, cfg, device: str, train_mode: bool) -> TrainCounts:
+    loaded = build_models(setting.architecture, DTYPES[setting.weights_dtype])
+    components = {name: module_bytes(model) for name, model in loaded.items()}  # as loaded, before the method
+    models, method, params = _attached(setting, device)
+    state = method.state_dict(models["unet"])
+    adapter_file, checkpoint_trainable = _bytes_of(method.to_saved(state)), _bytes_of(state)
+    del state, loaded
+    resident = sum(module_bytes(model) for model in models.values())
+    mode, params, live = _faked(models, params)
+    with mode, live:
+        step = _train_step(setting, _run_config(setting, cfg), models, method, params, live, train_mode)
+    return TrainCounts(
+        resident=resident,
+        components=components,
+        trainable_params=sum(p.numel() for p in params),
+        adapter_file=adapter_file,
+        checkpoint_trainable=checkpoint_trainable,
+        **step,
+    )
+
+
+def count_sampling(setting: Setting, device: str = "meta") -> SampleCounts:
+    """Count encoding a photo, one sampling forward and decoding the samples for one setting."""
+    models, _, params = _attached(setting, device)
+    mode, _, live = _faked(models, params)
+    with mode, live:
+        encode, decode = _vae_peaks(setting, models["vae"], live)
+        sample = _sample_peak(setting, models["unet"].eval(), live)
+    return SampleCounts(encode_peak=encode, sample_peak=sample, decode_peak=decode)
+
+
+def _conditioning(unet: nn.Module, dtype: torch.dtype, batch: int = 1) -> Conditioning:
+    c = unet.config
+    pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+    return Conditioning(
+        torch.randn(batch, TOKENS, c.cross_attention_dim, dtype=dtype),
+        torch.randn(batch, pooled, dtype=dtype),
+        torch.randn(batch, 6, dtype=dtype),
+    )
+
+
+def _train_step(setting: Setting, cfg, models, method, params, live: LiveBytes, train_mode: bool) -> dict[str, int]:
+    unet = models["unet"]
+    scheduler = types.SimpleNamespace(config=sdxl_config("scheduler"))
+    trainer = Trainer(types.SimpleNamespace(unet=unet, scheduler=scheduler), method, params, cfg)
+    unet.train(train_mode)
+    side = setting.resolution // 8
+    cond = _conditioning(unet, DTYPES[setting.weights_dtype])  # the text encoders' output
+    generator = torch.Generator().manual_seed(0)
+    base = live.live
+    live.restart_peak()
+    loss = trainer._loss(torch.randn(setting.batch_size, 4, side, side), cond, generator)
+    if setting.prior:  # prior preservation: a second graph, alive until backward
+        loss = loss + trainer._loss(torch.randn(setting.batch_size, 4, side, side), cond, generator)
+    activations = live.live - base
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    del loss
+    for p in params:  # text encoders get no gradient from random conditioning; a run gives them one
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    step_peak = live.peak - base
+    gradients = storage_bytes(p.grad for p in params)
+    state, peak = {}, {}
+    for name in OPTIMIZERS:
+        state[name], peak[name] = _optimizer_step(name, params, cfg, live, base)
+    return dict(
+        gradients=gradients,
+        optimizer_state=state,
+        optimizer_peak=peak,
+        activations=activations,
+        step_peak=step_peak,
+    )
+
+
+def _optimizer_step(name: str, params: list[nn.Parameter], cfg, live: LiveBytes, base: int) -> tuple[int, int]:
+    """(state bytes, peak above `base`) of one clipped step of optimizer `name` on the gradients in place."""
+    if name == "adamw8bit":
+        state = adamw8bit_state_bytes(params)
+        return state, live.live - base + state
+    live.restart_peak()
+    optimizer = build_optimizer(params, name, cfg.method.lr, cfg.train.weight_decay)
+    if cfg.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+    optimizer.step()
+    tensors = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+    state = storage_bytes(tensors)
+    optimizer.state.clear()  # the next optimizer starts from the gradients alone
+    return state, live.peak - base
+
+
+def _peak_of(live: LiveBytes, fn) -> int:
+    base = live.live
+    live.restart_peak()
+    with torch.no_grad():
+        fn()
+    return live.peak - base
+
+
+def _autocast(setting: Setting):
+    dtype = DTYPES[setting.autocast] if setting.autocast else None
+    return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
+
+
+def _sample_peak(setting: Setting, unet: nn.Module, live: LiveBytes) -> int:
+    batch = 2 * setting.sample_batch_size  # classifier-free guidance: unconditional + conditional
+    side = setting.sample_resolution // 8
+    cond = _conditioning(unet, unet.dtype, batch)
+
+    def forward():
+        with _autocast(setting):
+            latents = torch.randn(batch, unet.config.in_channels, side, side, dtype=unet.dtype)
+            added = {"text_embeds": cond.pooled, "time_ids": cond.time_ids}
+            unet(latents, torch.zeros(batch), encoder_hidden_states=cond.prompt_embeds, added_cond_kwargs=added)
+
+    return _peak_of(live, forward)
+
+
+def _vae_peaks(setting: Setting, vae: nn.Module, live: LiveBytes) -> tuple[int, int]:
+    """Encoding one photo and decoding the sample batch; an fp16 VAE with `force_upcast` runs in fp32
+    (SDXL's VAE overflows in fp16), counted as the upcast copy of its weights plus fp32 activations."""
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    dtype = torch.float32 if upcast else vae.dtype
+    extra = 2 * module_bytes(vae) if upcast else 0
+    res = setting.resolution
+    encode = _peak_of(live, lambda: vae.encode(torch.randn(1, 3, res, res, dtype=vae.dtype).to(dtype)))
+    sample_side = setting.sample_resolution // 8
+    latents = torch.randn(setting.sample_batch_size, vae.config.latent_channels, sample_side, sample_side)
+    decode = _peak_of(live, lambda: vae.decode(latents.to(vae.dtype).to(dtype)))
+    return encode + extra, decode + extra
+
+
+_MEMORY: dict[str, object] = {}
+
+
+def _cached(key: str, cls: type, cache_dir: str | None, compute):
+    """`compute()` once per key: in this process, and in `cache_dir/<key>.json` across processes."""
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = Path(cache_dir) / f"{key}.json" if cache_dir else None
+    if path and path.is_file():
+        try:
+            _MEMORY[key] = cls(**json.loads(path.read_text()))
+            return _MEMORY[key]
+        except (ValueError, TypeError):
+            pass  # an unreadable or outdated cache file is recounted and rewritten
+    counts = compute()
+    if path:
+        atomic_write_json(path, dataclasses.asdict(counts))
+    _MEMORY[key] = counts
+    return counts
+
+
+def cached_counts(setting: Setting, cfg, cache_dir: str | None) -> tuple[TrainCounts, SampleCounts]:
+    train = _cached(setting.key("train"), TrainCounts, cache_dir, lambda: count_training(setting, cfg))
+    sample = _cached(setting.key("sample"), SampleCounts, cache_dir, lambda: count_sampling(setting))
+    return train, sample
