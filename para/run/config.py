@@ -62,6 +62,9 @@ class TrainConfig:
     cache_latents: bool = True  # encode the few photos and the prompt once; the VAE/text encoders are frozen
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = only at the end of training
     keep_checkpoints: int = 2
+    # Checkpoints only resume training: they are removed once the adapter is saved (DreamBooth on SDXL: ~31 GB
+    # each). true keeps them.
+    keep_checkpoints_after_run: bool = False
     log_every: int = 10
     prior_loss_weight: float = 0.0  # >0 adds DreamBooth prior preservation with generated class images
     num_class_images: int = 50

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from para.core.checkpoint import remove_checkpoints
 from para.core.conditioning import SubjectLatents
 from para.core.data import instance_prompt, load_subject_images
 from para.core.io import atomic_write_json, atomic_write_text, read_json
@@ -24,6 +25,7 @@ from para.core.method import Method
 from para.core.models import load_pipeline, model_id, resolve_device
 from para.core.prompts import evaluation_prompts
 from para.core.provenance import provenance
+from para.core.residency import Offload
 from para.core.sampling import PromptSpec, generate
 from para.core.trainer import Trainer, TrainResult
 from para.run.config import validate
@@ -170,6 +172,9 @@ class Run:
             method.save(pipe.unet, adapter_path)
             logger.log_artifact(adapter_path, artifact_name(self.run_dir), "adapter", method.metadata())
             self.write_metrics(stage="trained", train_info=_train_info(result, method))
+            if not cfg.train.keep_checkpoints_after_run:  # the adapter is saved: they can only resume training
+                remove_checkpoints(self.run_dir / "checkpoints")
+        method.end_training(pipe.unet)
         if cfg.sample.enabled:
             self._sample(pipe, method)
         if cfg.sample.enabled and cfg.eval.enabled:
@@ -189,11 +194,14 @@ class Run:
         )
         callbacks = [lambda step, m: logger.log(with_rate(m), step) if step % cfg.train.log_every == 0 else None]
         if cfg.logger.sample_every:
-            callbacks.append(self._validation_callback(pipe, method, logger))
-        return trainer.train(instance, prompt, self.resolution, prior=prior, callbacks=callbacks)
+            callbacks.append(self._validation_callback(pipe, method, logger, trainer.offload))
+        result = trainer.train(instance, prompt, self.resolution, prior=prior, callbacks=callbacks)
+        trainer.release()  # optimizer state and gradients leave before sampling
+        return result
 
-    def _validation_callback(self, pipe, method: Method, logger):
-        """Every `logger.sample_every` steps: the same prompts and seeds, so frames are comparable."""
+    def _validation_callback(self, pipe, method: Method, logger, offload: Offload):
+        """Every `logger.sample_every` steps: the same prompts and seeds, so frames are comparable, in the form
+        and with the sampler of the final samples (a grid at the last step shows the run's own samples)."""
         cfg = self.cfg
         prompts = sample_prompts(cfg)[: cfg.logger.sample_prompts]
 
@@ -201,43 +209,47 @@ class Run:
             if step % cfg.logger.sample_every:
                 return
             folder = self.run_dir / "validation" / f"step{step:06d}"
+            pipe.unet.eval()
+            with offload.restored():
+                self._generate(pipe, method, prompts, folder, 1, min(cfg.sample.steps, 25), 1, progress=False)
+            pipe.unet.train()
+            grid = image_grid([open_image(folder / f"p{p.index:02d}_i00.png") for p in prompts])
+            logger.log_images("validation/samples", [grid], [" | ".join(p.prompt for p in prompts)], step)
+
+        return callback
+
+    def _generate(
+        self, pipe, method: Method, prompts, folder: Path, per_prompt: int, steps: int, batch: int, progress=True
+    ) -> bool:
+        """Images in the method's sampling form (LoRA at its scale, PaRa merged, DreamBooth in the weights
+        dtype), with the sampler, guidance and resolution of `sample.*`; True if the weights were merged."""
+        cfg, sc = self.cfg, self.cfg.sample
+        merged = method.prepare_for_sampling(pipe.unet, merge=sc.merge)
+        try:
             generate(
                 pipe,
                 prompts,
                 folder,
                 seed=cfg.seed,
-                images_per_prompt=1,
-                steps=min(cfg.sample.steps, 25),
-                guidance=cfg.sample.guidance,
-                resolution=self.resolution,
-                batch_size=1,
-                progress=False,
-            )
-            grid = image_grid([open_image(folder / f"p{p.index:02d}_i00.png") for p in prompts])
-            logger.log_images("validation/samples", [grid], [" | ".join(p.prompt for p in prompts)], step)
-            pipe.unet.train()
-
-        return callback
-
-    def _sample(self, pipe, method: Method) -> None:
-        cfg, sc = self.cfg, self.cfg.sample
-        merged = method.prepare_for_sampling(pipe.unet, merge=sc.merge)
-        t0 = time.perf_counter()
-        try:
-            generate(
-                pipe,
-                sample_prompts(cfg),
-                self.run_dir / "samples",
-                seed=cfg.seed,
-                images_per_prompt=sc.images_per_prompt,
-                steps=sc.steps,
+                images_per_prompt=per_prompt,
+                steps=steps,
                 guidance=sc.guidance,
                 resolution=sc.resolution or self.resolution,
-                batch_size=sc.batch_size,
+                batch_size=batch,
                 scheduler=sc.scheduler,
+                progress=progress,
             )
         finally:
             method.finish_sampling(pipe.unet)
+        return merged
+
+    def _sample(self, pipe, method: Method) -> None:
+        sc = self.cfg.sample
+        t0 = time.perf_counter()
+        folder = self.run_dir / "samples"
+        merged = self._generate(
+            pipe, method, sample_prompts(self.cfg), folder, sc.images_per_prompt, sc.steps, sc.batch_size
+        )
         self.write_metrics(stage="sampled", sample_info={"seconds": time.perf_counter() - t0, "merged": merged})
 
     def _prior(self, pipe) -> tuple[SubjectLatents, str]:
