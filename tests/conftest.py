@@ -51,6 +51,21 @@ QUICK = [
 ]
 
 
+# In-process runs of a second or so (the dtype matrix, resource checks): 32 px, 2 steps, one image scored.
+FAST = [
+    "model=tiny",
+    "model.resolution=32",
+    "logger=none",
+    "steps=2",
+    "sample.num_prompts=1",
+    "sample.images_per_prompt=1",
+    "sample.steps=2",
+    "eval.backbones=random",
+    "eval.lpips_size=64",
+    f"data.root={DATA_ROOT}",
+]
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe_template():
     from para.core.models import build_random_pipeline
@@ -70,3 +85,17 @@ def quick_cfg(tmp_path):
         return compose_config(*QUICK, f"run_dir={run_dir or tmp_path / 'run'}", *overrides)
 
     return make
+
+
+@pytest.fixture
+def shared_tiny(monkeypatch, tiny_pipe_template):
+    """In-process runs of `model=tiny` get a copy of the session's tiny pipeline instead of building their own
+    (the same weights: seed 0). Tokenizers hold no state a run changes and are shared (copying them costs half)."""
+    from para.core import models
+
+    def build(kind: str, seed: int = 0):
+        assert (kind, seed) == ("tiny", 0), "shared_tiny serves model=tiny with model.init_seed=0 only"
+        parts = tiny_pipe_template.components.items()
+        return type(tiny_pipe_template)(**{k: v if k.startswith("tokenizer") else copy.deepcopy(v) for k, v in parts})
+
+    monkeypatch.setattr(models, "build_random_pipeline", build)

@@ -125,8 +125,16 @@ class Trainer:
             # the first step compiles, and sampling compiles once more (no grad, merged layers swapped in).
             self.unet.compile(backend=tc.compile_backend)
 
-    def _loss(self, latents: torch.Tensor, cond: Conditioning, generator: torch.Generator) -> torch.Tensor:
+    def _loss(
+        self,
+        latents: torch.Tensor,
+        cond: Conditioning,
+        generator: torch.Generator,
+        time_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`time_ids` (batch, 6): the photos' own micro-conditioning; default: the prompt's (the resolution)."""
         batch = latents.shape[0]
+        time_ids = cond.time_ids.expand(batch, -1) if time_ids is None else time_ids
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
         steps = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (batch,), generator=generator).to(self.device)
@@ -146,7 +154,7 @@ class Trainer:
                 encoder_hidden_states=cond.prompt_embeds.to(dtype).expand(batch, -1, -1),
                 added_cond_kwargs={
                     "text_embeds": cond.pooled.to(dtype).expand(batch, -1),
-                    "time_ids": cond.time_ids.to(dtype).expand(batch, -1),
+                    "time_ids": time_ids.to(dtype),
                 },
             ).sample
         return F.mse_loss(pred.float(), target.float())
@@ -183,11 +191,11 @@ class Trainer:
             generator = step_generator(cfg.seed, step)
             if self.train_text or not tc.cache_latents:  # uncached: also measures what caching saves
                 cond = encode_prompt(self.pipe, prompt, resolution, grad=self.train_text)
-            loss = self._loss(instance.sample(generator, tc.batch_size), cond, generator)
+            latents, time_ids = self._draw(instance, generator)
+            loss = self._loss(latents, cond, generator, time_ids)
             if prior:
-                loss = loss + tc.prior_loss_weight * self._loss(
-                    prior[0].sample(generator, tc.batch_size), prior_cond, generator
-                )
+                latents, time_ids = self._draw(prior[0], generator)
+                loss = loss + tc.prior_loss_weight * self._loss(latents, prior_cond, generator, time_ids)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} at step {step}; lower method.lr (now {cfg.method.lr}), "
@@ -220,6 +228,11 @@ class Trainer:
             self.offload.restore()
         wall = time.perf_counter() - t0
         return TrainResult(losses, wall, peak_memory_mb(self.device), resumed_from, step_seconds)
+
+    def _draw(self, latents: SubjectLatents, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if hasattr(latents, "draw"):
+            return latents.draw(generator, self.cfg.train.batch_size)
+        return latents.sample(generator, self.cfg.train.batch_size), None  # latents without photo sizes
 
     def release(self) -> None:
         """Free what only training needs once it is over: the optimizer state (AdamW: twice the trainable

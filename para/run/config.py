@@ -44,6 +44,10 @@ class DataConfig:
     flip_p: float = 0.5  # horizontal-flip probability (latents of both orientations are cached)
     min_image_side: int = 16  # photos smaller than this are refused (a 1x1 image is almost surely a broken file)
     images: list[str] | None = None  # train on these photo file names only (e.g. [00.jpg] for editing); None = all
+    # SDXL's original_size micro-conditioning while training. photo: each photo's true size and crop corner
+    # (diffusers' SDXL DreamBooth example); resolution: the training resolution, as if photos were never resized
+    # (Concept Sliders' SDXL trainer). Reading, see docs/methods.md. Sampling always asks for the resolution.
+    original_size: str = "photo"
 
 
 @dataclass
@@ -192,6 +196,7 @@ def validate(cfg: DictConfig) -> None:
         _check_choice("train.compile_backend", cfg.train.compile_backend, tuple(compile_backends()))
     _check_choice("model.kind", cfg.model.kind, ("pretrained", "tiny", "small"))
     _check_choice("subject.kind", cfg.subject.kind, ("live", "object"))
+    _check_choice("data.original_size", cfg.data.original_size, ("photo", "resolution"))
     _check_choice("sample.scheduler", cfg.sample.scheduler, ("ddim", "default"))
     _check_choice("eval.backbones", cfg.eval.backbones, ("pretrained", "random"))
     _check_choice("logger.name", cfg.logger.name, ("none", "wandb"))

@@ -18,8 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from para.core.checkpoint import remove_checkpoints
-from para.core.conditioning import SubjectLatents
-from para.core.data import instance_prompt, load_subject_images
+from para.core.conditioning import SubjectLatents, photo_time_ids
+from para.core.data import instance_prompt, load_subject_images, load_subject_photos
 from para.core.io import atomic_write_json, atomic_write_text, read_json
 from para.core.method import Method
 from para.core.models import load_pipeline, model_id, resolve_device
@@ -110,7 +110,7 @@ class Run:
         torch.manual_seed(cfg.seed)
         # Everything that can fail on bad input happens before the run folder is touched.
         pipe = load_pipeline(cfg.model, device)
-        pixels = load_subject_images(
+        photos = load_subject_photos(
             cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side, cfg.data.images
         )
         previous = _prepare_folder(self.run_dir, cfg)
@@ -139,7 +139,7 @@ class Run:
         try:  # a logger that cannot start (W&B) also marks the run failed
             logger = build_logger(cfg, self.run_dir, config_dict, previous)
             self.write_metrics(**logger.info())
-            self._pipeline(pipe, pixels, logger)
+            self._pipeline(pipe, photos, logger)
             exit_code = 0
         except BaseException as err:
             message = OOM_HINT if isinstance(err, torch.cuda.OutOfMemoryError) else f"{type(err).__name__}: {err}"
@@ -152,7 +152,7 @@ class Run:
                 logger.finish(exit_code)  # the W&B run ends as failed (exit code 1) on any error
         return self.metrics
 
-    def _pipeline(self, pipe, pixels, logger) -> None:
+    def _pipeline(self, pipe, photos, logger) -> None:
         cfg = self.cfg
         method: Method = METHODS[cfg.method.name](cfg.method, model_id(cfg.model))
         prior = self._prior(pipe) if cfg.train.prior_loss_weight > 0 else None
@@ -168,7 +168,7 @@ class Run:
             method.load_file(pipe.unet, adapter_path)
             log.info("resume: training already finished, adapter loaded from %s", adapter_path)
         else:
-            result = self._train(pipe, method, params, pixels, prior, logger, train_text=bool(text_params))
+            result = self._train(pipe, method, params, photos, prior, logger, train_text=bool(text_params))
             method.save(pipe.unet, adapter_path)
             logger.log_artifact(adapter_path, artifact_name(self.run_dir), "adapter", method.metadata())
             self.write_metrics(stage="trained", train_info=_train_info(result, method))
@@ -185,9 +185,11 @@ class Run:
             log_scores(logger, self.run_dir, scores)
         self.write_metrics(status="finished", finished_at=time.time())
 
-    def _train(self, pipe, method: Method, params, pixels, prior, logger, train_text: bool) -> TrainResult:
+    def _train(self, pipe, method: Method, params, photos, prior, logger, train_text: bool) -> TrainResult:
         cfg = self.cfg
-        instance = SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=cfg.train.cache_latents)
+        pixels, sizes = photos
+        time_ids = photo_time_ids(sizes, self.resolution) if cfg.data.original_size == "photo" else None
+        instance = SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=cfg.train.cache_latents, time_ids=time_ids)
         prompt = instance_prompt(cfg.data.prompt_template, cfg.data.token, cfg.subject.class_word)
         trainer = Trainer(
             pipe, method, params, cfg, checkpoint_dir=self.run_dir / "checkpoints", train_text=train_text
