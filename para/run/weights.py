@@ -10,10 +10,13 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from eval.clip_score import DEFAULT_MODEL as DEFAULT_CLIP_SCORE_MODEL
 from para.core.models import SDXL_HUB_ID
 
 # diffusers' folder layout without the duplicate full-precision / .bin files: ~7 GB in fp16 + the fp32 UNet
 SDXL_PATTERNS = ["*.json", "*.txt", "tokenizer*/*", "*/diffusion_pytorch_model.safetensors", "*/model.safetensors"]
+# a transformers CLIP folder: configs, tokenizer, processor and the safetensors weights (not .bin / TF / Flax)
+CLIP_PATTERNS = ["*.json", "*.txt", "model.safetensors"]
 
 
 def _hub(repo: str, patterns: list[str] | None = None) -> Callable[[], str]:
@@ -35,11 +38,12 @@ def _open_clip(arch: str, tag: str) -> Callable[[], str]:
     return fetch
 
 
-def items(sdxl: str, dino: str, clip_arch: str, clip_tag: str) -> dict[str, Callable[[], str]]:
+def items(sdxl: str, dino: str, clip_arch: str, clip_tag: str, clip_score: str) -> dict[str, Callable[[], str]]:
     return {
         f"SDXL base ({sdxl})": _hub(sdxl, SDXL_PATTERNS),
         f"DINO ({dino})": _hub(dino),
         f"CLIP ({clip_arch}, {clip_tag})": _open_clip(clip_arch, clip_tag),
+        f"CLIP-score model ({clip_score})": _hub(clip_score, CLIP_PATTERNS),
     }
 
 
@@ -49,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dino", default="facebook/dino-vits16")
     parser.add_argument("--clip-arch", default="ViT-B-32")
     parser.add_argument("--clip-pretrained", default="openai")
+    parser.add_argument("--clip-score-model", default=DEFAULT_CLIP_SCORE_MODEL, help="eval.clip_score_model")
     args = parser.parse_args(argv)
     failed = []
-    for name, fetch in items(args.sdxl, args.dino, args.clip_arch, args.clip_pretrained).items():
+    fetches = items(args.sdxl, args.dino, args.clip_arch, args.clip_pretrained, args.clip_score_model)
+    for name, fetch in fetches.items():
         print(f"fetching {name} ...", flush=True)
         try:
             print(f"  ok: {fetch()}")
