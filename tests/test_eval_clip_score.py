@@ -46,7 +46,7 @@ def test_terms_are_torchmetrics_clip_score(photos):
     from torchmetrics.functional.multimodal import clip_score
     from torchmetrics.multimodal.clip_score import CLIPScore
 
-    scorer = load_clip_score(SMALL, False, "cpu")
+    scorer = load_clip_score(SMALL, False, "auto")  # the runs' cached model (conftest.SMALL_CLIP_SCORE)
     assert not scorer.pretrained and scorer.id == f"clip_score:{SMALL}"
     terms = scorer.terms(photos, TEXTS)
     factory = lambda: (scorer.model, scorer.processor)  # noqa: E731
