@@ -42,7 +42,7 @@ class DreamBooth(Method):
         super().__init__(cfg, base_model)
         self.text_encoders: dict[str, nn.Module] = {}
         self.weights_dtype: torch.dtype | None = None
-        self._master: list[tuple[nn.Parameter, Tensor]] = []  # (parameter, its master weights on the CPU)
+        self._master: list[tuple[Tensor, Tensor]] = []  # (parameter or buffer, its master values on the CPU)
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
@@ -105,14 +105,15 @@ class DreamBooth(Method):
     def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> bool:
         modules = self._off_sampling_dtype(unet)
         # exact copies: a bf16 round trip would round away the small updates the fp32 master exists to keep
-        self._master = [(p, p.detach().to("cpu", copy=True)) for m in modules for p in m.parameters()]
+        tensors = [t for m in modules for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+        self._master = [(t, t.detach().to("cpu", copy=True)) for t in tensors]
         for module in modules:
             module.to(self.weights_dtype)
         return False
 
     def finish_sampling(self, unet: nn.Module) -> None:
-        for param, master in self._master:
-            param.data = master.to(param.device)  # same Parameter objects: the optimizer's state still fits
+        for tensor, master in self._master:
+            tensor.data = master.to(tensor.device)  # same Parameter objects: the optimizer's state still fits
         self._master = []
 
     def end_training(self, unet: nn.Module) -> None:
