@@ -158,7 +158,7 @@ STUDY_SUBJECTS ?= [dog,cat,backpack,teapot]
 else
 EXP_SAMPLE     ?= sample.num_prompts=2 sample.images_per_prompt=2 sample.steps=10
 ABLATION_ARGS  ?= experiment.subjects=[dog] experiment.ranks=[1,4,16] experiment.subsets=[noxattn,selfattn] \
-                  experiment.steps_curve=[5,$(PARA_STEPS)]
+                  experiment.lrs=[1.0e-4,1.0e-3] experiment.steps_curve=[5,$(PARA_STEPS)]
 STUDY_SUBJECTS ?= [dog]
 endif
 EXP_ARGS ?=
@@ -176,7 +176,7 @@ para-lora: $(STAMP) ## PaRa + an existing LoRA file, both orders: (I−QQᵀ)W0 
 edit: $(STAMP) ## single-image editing: train on one photo, sample edits; SSIM over seeds, LPIPS, CLIP vs one-shot LoRA
 	$(PY) -m experiments.edit $(EXP_BASE) $(EXP_SAMPLE) experiment.steps=$(PARA_STEPS) $(EXP_ARGS)
 
-ablations: $(STAMP) ## Hydra multirun sweeps: PaRa rank, γ on/off, layer subset, PaRa/LoRA steps curve → table + plots
+ablations: $(STAMP) ## Hydra multirun sweeps: PaRa rank, γ on/off, layer subset, init × lr, PaRa/LoRA steps curve → table + plots
 	$(PY) -m experiments.ablations $(EXP_BASE) $(EXP_SAMPLE) experiment.para_steps=$(PARA_STEPS) $(ABLATION_ARGS) \
 	  $(EXP_ARGS)
 

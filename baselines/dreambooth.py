@@ -4,6 +4,11 @@ Memory on SDXL (2.57 B UNet parameters): fp32 master weights 10.3 GB + fp32 grad
 20.5 GB before activations; `make plan` counts it all (docs/resources.md). Hence this method's own training
 defaults in conf/method/dreambooth.yaml: Adafactor and gradient checkpointing, which fit a 40 GB card. The saved
 file holds the whole UNet in `save_dtype`.
+
+Sampling form: the trained modules in the base model's weights dtype (bf16 on GPU), the dtype the pipeline feeds
+them and the one the saved file reloads in. After training (`end_training`) the fp32 master is cast down for good;
+a validation grid during training casts down for the grid only, with the master waiting on the CPU, so training
+continues from unrounded weights.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class DreamBooth(Method):
         super().__init__(cfg, base_model)
         self.text_encoders: dict[str, nn.Module] = {}
         self.weights_dtype: torch.dtype | None = None
+        self._master: list[tuple[Tensor, Tensor]] = []  # (parameter or buffer, its master values on the CPU)
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
@@ -90,3 +96,26 @@ class DreamBooth(Method):
 
     def summary(self) -> dict[str, Any]:
         return {"trains": ["unet", *self.text_encoders]}
+
+    def _off_sampling_dtype(self, unet: nn.Module) -> list[nn.Module]:
+        """The trained modules not (yet) in the base weights' dtype."""
+        dtype = self.weights_dtype or unet.dtype
+        return [m for m in (unet, *self.text_encoders.values()) if m.dtype != dtype]
+
+    def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> bool:
+        modules = self._off_sampling_dtype(unet)
+        # exact copies: a bf16 round trip would round away the small updates the fp32 master exists to keep
+        tensors = [t for m in modules for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+        self._master = [(t, t.detach().to("cpu", copy=True)) for t in tensors]
+        for module in modules:
+            module.to(self.weights_dtype)
+        return False
+
+    def finish_sampling(self, unet: nn.Module) -> None:
+        for tensor, master in self._master:
+            tensor.data = master.to(tensor.device)  # same Parameter objects: the optimizer's state still fits
+        self._master = []
+
+    def end_training(self, unet: nn.Module) -> None:
+        for module in self._off_sampling_dtype(unet):
+            module.to(self.weights_dtype)

@@ -48,7 +48,7 @@ DINO_SEED, CLIP_SEED = 0, 1
 
 
 @contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded(seed: int) -> Iterator[None]:
     """Deterministic weight initialisation without disturbing the caller's global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -99,7 +99,7 @@ def load_dino(opts: EvalOptions) -> DinoEmbedder:
     else:
         from transformers import ViTModel
 
-        with _seeded(DINO_SEED):
+        with seeded(DINO_SEED):
             model = ViTModel(dino_vits16_config(), add_pooling_layer=False)
     device = resolve_device(opts.device)
     model.float().eval().requires_grad_(False).to(device)  # float: hub weights may load in their stored dtype
@@ -207,7 +207,7 @@ def load_clip(opts: EvalOptions) -> ClipEmbedder:
             ) from err
     else:
         model_name = opts.clip_arch
-        with _seeded(CLIP_SEED), warnings.catch_warnings(), _quiet("root"):
+        with seeded(CLIP_SEED), warnings.catch_warnings(), _quiet("root"):
             warnings.simplefilter("ignore")
             model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
     model.eval().requires_grad_(False).to(device)
@@ -249,7 +249,7 @@ def load_lpips_scorer(opts: EvalOptions) -> LpipsScorer:
         import lpips
 
         log.warning("LPIPS weights missing (%s): random LPIPS trunk, scores flagged as not pretrained", GET_WEIGHTS)
-        with _seeded(DINO_SEED), warnings.catch_warnings():
+        with seeded(DINO_SEED), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model, pretrained = lpips.LPIPS(net=opts.lpips_net, pnet_rand=True, verbose=False), False
         model.eval().requires_grad_(False)

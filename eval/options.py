@@ -22,6 +22,8 @@ class EvalOptions:
     dino: str = "facebook/dino-vits16"  # hub id or local folder of a transformers ViTModel
     clip_arch: str = "ViT-B-32"  # open_clip architecture
     clip_pretrained: str = "openai"  # open_clip tag, local checkpoint file, or local transformers CLIP folder
+    # clip_score's model (torchmetrics' CLIPScore default): hub id or local folder of a transformers CLIP
+    clip_score_model: str = "openai/clip-vit-large-patch14"
     lpips_net: str = "alex"  # alex | vgg
     batch_size: int = 16
     device: str = "auto"  # auto | cpu | cuda | cuda:N

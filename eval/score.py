@@ -28,6 +28,7 @@ from torch import Tensor
 
 from eval import metrics
 from eval.backbones import Backbones, load_backbones
+from eval.clip_score import ClipScorer, clip_score_of, load_clip_score
 from eval.options import EvalOptions
 
 DEFAULT_CACHE_DIR = Path("runs/.cache/eval")
@@ -151,14 +152,15 @@ class _Reference:
 
 
 def _score_prompt(
-    entry: dict[str, Any], text: Tensor, models: Backbones, ref: _Reference, lpips_size: int
-) -> dict[str, Any]:
-    """All scores of one prompt's images; `text` is the CLIP embedding of its clean prompt."""
+    entry: dict[str, Any], text: Tensor, models: Backbones, scorer: ClipScorer, ref: _Reference, lpips_size: int
+) -> tuple[dict[str, Any], Tensor]:
+    """All scores of one prompt's images, and their CLIP-score terms; `text`: CLIP embedding of its clean prompt."""
     gen = [load_image(p) for p in entry["paths"]]
     gen_clip = models.clip.embed_images(gen)
     cosine = metrics.paired_cosine(gen_clip, text.expand_as(gen_clip))
     lpips = metrics.lpips_matrix(gen, ref.lpips, models.lpips, lpips_size)  # (G, R)
-    return {
+    terms = scorer.terms(gen, [entry["clean_prompt"]] * len(gen))
+    row = {
         "prompt_index": entry["prompt_index"],
         "prompt": entry["prompt"],
         "clean_prompt": entry["clean_prompt"],
@@ -166,10 +168,11 @@ def _score_prompt(
         "dino": metrics.mean_cosine(models.dino(gen), ref.dino),
         "clip_i": metrics.mean_cosine(gen_clip, ref.clip),
         "clip_t": cosine.mean().item(),
-        "clip_score": metrics.clip_score_from_cosine(cosine),
+        "clip_score": clip_score_of(terms),
         "lpips": lpips.mean().item(),
         "ssim": metrics.mean_pairwise_ssim(gen) if len(gen) > 1 else None,
     }
+    return row, terms
 
 
 def score_run(
@@ -190,7 +193,8 @@ def score_run(
     Returns:
         `dino, clip_i, clip_t, clip_score, lpips, ssim` (overall), `per_prompt` (the same per prompt),
         counts, backbone ids, `backbones_pretrained` per backbone and `backbones_pretrained_all`.
-        CLIP-T and the CLIP score use `clean_prompt` (identifier removed, DreamBench protocol). SSIM is the mean
+        CLIP-T and the CLIP score use `clean_prompt` (identifier removed, DreamBench protocol); the CLIP score is
+        torchmetrics' CLIPScore on `eval.clip_score_model` (see `eval.clip_score`). SSIM is the mean
         over prompts of the mean pairwise SSIM among that prompt's images (None with one image per prompt).
     """
     run_dir = Path(run_dir)
@@ -203,6 +207,7 @@ def score_run(
     subject = run_info["subject"]["name"]
     real_paths = real_photo_paths(run_info["data"]["root"], subject)
     models = backbones if backbones is not None else load_backbones(opts)
+    scorer = load_clip_score(opts.clip_score_model, opts.pretrained, opts.device)
 
     ref = _Reference(
         dino=cached_embeddings(real_paths, models.dino, models.dino.id, models.dino.pretrained, subject, cache_dir),
@@ -214,24 +219,31 @@ def score_run(
         n_photos=len(real_paths),
     )
     text_emb = models.clip.embed_texts([e["clean_prompt"] for e in entries])  # (P, D)
-    per_prompt = [
-        _score_prompt(entry, text, models, ref, opts.lpips_size) for entry, text in zip(entries, text_emb, strict=True)
+    scored = [
+        _score_prompt(entry, text, models, scorer, ref, opts.lpips_size)
+        for entry, text in zip(entries, text_emb, strict=True)
     ]
+    per_prompt = [row for row, _ in scored]
 
     weights = [p["n_images"] for p in per_prompt]
     scores: dict[str, Any] = {key: _weighted_mean([p[key] for p in per_prompt], weights) for key in SCORE_KEYS}
-    # torchmetrics averages 100 * cos over all images, then clamps at 0: a function of the overall CLIP-T.
-    scores["clip_score"] = metrics.clip_score_from_cosine(scores["clip_t"])
+    # torchmetrics averages 100 * cos over all images, then clamps at 0 (CLIPScore over the whole run).
+    scores["clip_score"] = clip_score_of(torch.cat([terms for _, terms in scored]))
     # SSIM is a per-group statistic: every prompt counts once, whatever its image count.
     scores["ssim"] = _weighted_mean([p["ssim"] for p in per_prompt], [1] * len(per_prompt))
-    pretrained = models.pretrained
+    pretrained = {**models.pretrained, "clip_score": scorer.pretrained}
     scores.update(
         {
             "n_prompts": len(per_prompt),
             "n_images": sum(weights),
             "n_real": ref.n_photos,
             "lpips_size": opts.lpips_size,
-            "backbones": {"dino": models.dino.id, "clip": models.clip.id, "lpips": models.lpips.id},
+            "backbones": {
+                "dino": models.dino.id,
+                "clip": models.clip.id,
+                "lpips": models.lpips.id,
+                "clip_score": scorer.id,
+            },
             "backbones_pretrained": pretrained,
             "backbones_pretrained_all": all(pretrained.values()),
             "per_prompt": per_prompt,

@@ -1,4 +1,4 @@
-"""Ablations (PAPER.md §5.1): PaRa rank r, γ on/off, layer subset, and a steps curve of PaRa and LoRA.
+"""Ablations (PAPER.md §5.1): PaRa rank r, γ on/off, layer subset, init × learning rate, a PaRa/LoRA steps curve.
 
     python -m experiments.ablations [hydra overrides]          # parameters: conf/experiment/ablations.yaml
 
@@ -6,7 +6,12 @@ Every cell is an ordinary training run: the sweeps below are launched as `python
 ...` (Hydra multirun; finished cells are skipped, failed cells are reported and do not stop a sweep). Then
 every run under `<out>/` is collected with `eval.table.collect_runs` into one pandas table: means over subjects
 (and seeds) per setting → `ablations.{csv,md}`, `runs.csv` (every cell, with its status), `rank.png`,
-`subset.png`, `steps.png` (line plots of DINO, CLIP-I, CLIP-T), `grid.png` and `provenance.json`.
+`subset.png`, `init.png`, `steps.png` (line plots of DINO, CLIP-I, CLIP-T), `grid.png` and `provenance.json`.
+
+The init × lr sweep exists because PaRa's Q = qr(B) ignores the scale of B's columns: with Adam, whose steps
+have a size set by `lr` whatever the gradient's scale, B's column norm (set by the init: `init_std`·√d_out for
+`gaussian`, 1 for `weakest`) divides the rate at which Q turns. Comparing inits at one lr compares learning
+rates too (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ log = logging.getLogger("experiments.ablations")
 METRICS = ["dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim"]
 COSTS = ["trainable_params", "train_seconds"]
 # The columns naming a cell's setting, per ablation: the x axis last (the plots' x, the others are lines).
-KEYS = {"rank": ["gamma", "rank"], "subset": ["subset"], "steps": ["method", "steps"]}
+KEYS = {"rank": ["gamma", "rank"], "subset": ["subset"], "init": ["init", "lr"], "steps": ["method", "steps"]}
 
 
 @dataclass
@@ -44,6 +49,8 @@ class Params:
     ranks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     gammas: list[float | None] = field(default_factory=lambda: [0.025, None])
     subsets: list[str] = field(default_factory=lambda: ["noxattn", "selfattn", "attn", "xattn", "full"])
+    inits: list[str] = field(default_factory=lambda: ["gaussian", "weakest"])
+    lrs: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4, 1e-3])
     steps_curve: list[int] = field(default_factory=lambda: [50, 100, 200, 400, 700, 1000])
     curve_methods: list[str] = field(default_factory=lambda: ["para", "lora"])
 
@@ -65,11 +72,19 @@ def sweeps(p: Params) -> dict[str, list[str]]:
             f"method.gamma={_values(p.gammas)}",
         ],
         "subset": ["method=para", subjects, f"steps={p.para_steps}", f"method.subset={_values(p.subsets)}"],
+        "init": [
+            "method=para",
+            subjects,
+            f"steps={p.para_steps}",
+            f"method.init={_values(p.inits)}",
+            f"method.lr={_values(p.lrs)}",
+        ],
         "steps": [f"method={_values(p.curve_methods)}", subjects, f"steps={_values(p.steps_curve)}"],
     }
     empty = {
         "rank": not (p.ranks and p.gammas),
         "subset": not p.subsets,
+        "init": not (p.inits and p.lrs),
         "steps": not (p.steps_curve and p.curve_methods),
     }
     return {name: overrides for name, overrides in plan.items() if p.subjects and not empty[name]}
@@ -101,6 +116,8 @@ def collect(out: Path) -> pd.DataFrame:
                 "rank": cfg.get("rank"),
                 "gamma": gamma_label(method, cfg.get("gamma")),
                 "subset": subset if isinstance(subset, str) else "+".join(map(str, subset or [])),
+                "init": cfg.get("init", "n/a"),
+                "lr": cfg.get("lr"),
             }
         )
     return pd.concat([runs, pd.DataFrame(settings, index=runs.index)], axis=1)
@@ -110,22 +127,22 @@ def select(runs: pd.DataFrame, p: Params, base: dict[str, Any]) -> dict[str, pd.
     """The finished, scored runs of each ablation (one run may serve several: r16, γ on, ExCA, 200 steps)."""
     ok = runs[(runs["status"] == "finished") & runs["has_scores"] & runs["subject"].isin(p.subjects)]
     para = ok[ok["method"] == "para"]
+    para = para[para["steps"] == p.para_steps]
     at_base = (para["rank"] == base["para"]["rank"]) & (para["gamma"] == base["para"]["gamma"])
     base_subset = para["subset"] == base["para"]["subset"]
+    base_optim = (para["init"] == base["para"]["init"]) & (para["lr"] == base["para"]["lr"])  # not the init sweep's
     gammas = [gamma_label("para", g) for g in p.gammas]
     curve = ok[ok["method"].isin(p.curve_methods) & ok["steps"].isin(p.steps_curve)]
+    keys = ("rank", "gamma", "subset", "init", "lr")
     curve = (
-        curve[
-            [all(row[k] == base[row["method"]][k] for k in ("rank", "gamma", "subset")) for _, row in curve.iterrows()]
-        ]
+        curve[[all(row[k] == base[row["method"]][k] for k in keys) for _, row in curve.iterrows()]]
         if len(curve)
         else curve
     )
     return {
-        "rank": para[
-            (para["steps"] == p.para_steps) & base_subset & para["rank"].isin(p.ranks) & para["gamma"].isin(gammas)
-        ],
-        "subset": para[(para["steps"] == p.para_steps) & at_base & para["subset"].isin(p.subsets)],
+        "rank": para[base_subset & base_optim & para["rank"].isin(p.ranks) & para["gamma"].isin(gammas)],
+        "subset": para[at_base & base_optim & para["subset"].isin(p.subsets)],
+        "init": para[at_base & base_subset & para["init"].isin(p.inits) & para["lr"].isin(p.lrs)],
         "steps": curve,
     }
 
@@ -147,7 +164,8 @@ def summarize(selected: dict[str, pd.DataFrame]) -> pd.DataFrame:
         tables.append(table)
     if not tables:
         return pd.DataFrame(columns=["ablation", *METRICS])
-    columns = ["ablation", "method", "rank", "gamma", "subset", "steps", "n_runs", "n_subjects", *METRICS, *COSTS]
+    columns = ["ablation", "method", "rank", "gamma", "subset", "init", "lr", "steps", "n_runs", "n_subjects"]
+    columns += [*METRICS, *COSTS]
     table = pd.concat(tables, ignore_index=True)
     for column in ("rank", "steps", "trainable_params"):  # integers, missing where an ablation does not vary them
         if column in table:
@@ -180,6 +198,8 @@ def plot(table: pd.DataFrame, ablation: str, path: Path, banner: bool) -> None:
         score_axis(ax)
         if x == "rank":
             power_of_two_axis(ax, rows[x].dropna().astype(int).tolist())
+        if x == "lr":
+            ax.set_xscale("log")
         if x == "subset":
             category_axis(ax, rows[x].astype(str).unique().tolist())
     if hue:  # one legend for the three panels, below them, instead of one covering each panel's data
@@ -216,7 +236,13 @@ def run(argv: Sequence[str]) -> pd.DataFrame:
     for method in p.curve_methods + ["para"]:
         mcfg = compose(["+experiment=ablations", *merge_overrides(exp.overrides, [f"method={method}"])]).method
         subset = mcfg.subset if isinstance(mcfg.subset, str) else "+".join(mcfg.subset)
-        base[method] = {"rank": mcfg.get("rank"), "gamma": gamma_label(method, mcfg.get("gamma")), "subset": subset}
+        base[method] = {
+            "rank": mcfg.get("rank"),
+            "gamma": gamma_label(method, mcfg.get("gamma")),
+            "subset": subset,
+            "init": mcfg.get("init", "n/a"),
+            "lr": mcfg.lr,
+        }
 
     runs = collect(exp.out)
     selected = select(runs, p, base)
@@ -226,7 +252,7 @@ def run(argv: Sequence[str]) -> pd.DataFrame:
     unusable = runs[(runs["status"] != "finished") | ~runs["has_scores"].astype(bool)]
     failed = {k: v for k, v in statuses.items() if v != 0}
     notes = [
-        f"means over subjects {p.subjects} and seeds; n_runs = cells behind each row. Rank/γ/subset cells at "
+        f"means over subjects {p.subjects} and seeds; n_runs = cells behind each row. Rank/γ/subset/init cells at "
         f"{p.para_steps} steps; fixed values elsewhere: {base}",
         *([f"{len(unusable)} run(s) not finished or not scored: see runs.csv"] if len(unusable) else []),
         *([f"sweeps that reported failed cells: {sorted(failed)}"] if failed else []),

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from eval import metrics
+from eval.clip_score import clip_score_of
 from eval.score import load_image
 from experiments.common import (
     Experiment,
@@ -98,7 +100,7 @@ def score_method(scorer: Scorer, folder: Path, method: str, subject: str, source
                 "n_seeds": len(images),
                 "ssim": metrics.mean_pairwise_ssim(images) if len(images) > 1 else float("nan"),
                 "lpips_source": frame["lpips_source"].mean(),
-                "clip_score": metrics.clip_score_from_cosine(frame["clip_t"].tolist()),
+                "clip_score": clip_score_of(torch.tensor(frame["clip_score"].tolist())),
                 "clip_t": frame["clip_t"].mean(),
                 f"dino_{subject}": frame[f"dino_{subject}"].mean(),
             }

@@ -1,6 +1,7 @@
 """Per-image scores for the experiments, on the `eval` package's backbones and metrics.
 
-Every generated image gets one row: CLIP-T against its clean prompt, and DINO / CLIP-I against the photos of
+Every generated image gets one row: CLIP-T against its clean prompt, its CLIP-score term (torchmetrics' 100·cos
+on `eval.clip_score_model`; a group's CLIP score is max(mean, 0)), and DINO / CLIP-I against the photos of
 each subject it should show (mean cosine over that subject's photos, so the mean over images is DreamBench's
 mean over all generated × real pairs). With two subjects, both columns are there, so an image that shows one
 subject only has a high score for one and a low score for the other: `dino_min` / `clip_i_min` show it.
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from eval import metrics
 from eval.backbones import load_backbones
+from eval.clip_score import load_clip_score
 from eval.options import EvalOptions
 from eval.score import DEFAULT_CACHE_DIR, cached_embeddings, load_image, real_photo_paths
 from para.core.sampling import read_prompts
@@ -29,6 +31,7 @@ class Scorer:
     def __init__(self, eval_cfg: Any, data_root: str | Path, cache_dir: str | Path | None = DEFAULT_CACHE_DIR):
         self.opts = EvalOptions.from_any(eval_cfg)
         self.models = load_backbones(self.opts)
+        self.clip_score = load_clip_score(self.opts.clip_score_model, self.opts.pretrained, self.opts.device)
         self.data_root = Path(data_root)
         self.cache_dir = cache_dir
         self._refs: dict[str, tuple[Tensor, Tensor]] = {}
@@ -36,7 +39,7 @@ class Scorer:
     @property
     def pretrained(self) -> bool:
         """True only when every backbone has real weights: otherwise no number is comparable with a paper."""
-        return all(self.models.pretrained.values())
+        return all(self.models.pretrained.values()) and self.clip_score.pretrained
 
     def subject_refs(self, subject: str) -> tuple[Tensor, Tensor]:
         """(DINO, CLIP) embeddings of the subject's real photos, cached on disk by `eval.score`."""
@@ -51,11 +54,15 @@ class Scorer:
     def score_images(
         self, images: Sequence[Image.Image], clean_prompts: Sequence[str], subjects: Sequence[str]
     ) -> pd.DataFrame:
-        """One row per image: clip_t, and dino_<s> / clip_i_<s> per subject (+ _min when several)."""
+        """One row per image: clip_t, clip_score (the image's 100·cos term), and dino_<s> / clip_i_<s> per subject
+        (+ _min when several)."""
         gen_dino = self.models.dino(images)
         gen_clip = self.models.clip.embed_images(images)
         text = self.models.clip.embed_texts(list(clean_prompts))
-        cols: dict[str, Any] = {"clip_t": metrics.paired_cosine(gen_clip, text).tolist()}
+        cols: dict[str, Any] = {
+            "clip_t": metrics.paired_cosine(gen_clip, text).tolist(),
+            "clip_score": self.clip_score.terms(images, clean_prompts).tolist(),
+        }
         for subject in subjects:
             ref_dino, ref_clip = self.subject_refs(subject)
             cols[f"dino_{subject}"] = metrics.cosine_matrix(gen_dino, ref_dino).mean(1).tolist()

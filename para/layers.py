@@ -26,6 +26,17 @@ def out_features(layer: nn.Linear | nn.Conv2d) -> int:
     return layer.weight.shape[0]
 
 
+def swap_weight(layer: nn.Linear | nn.Conv2d, weight: Tensor) -> Tensor:
+    """Give `layer` the values of `weight` (cast to its dtype) in a new tensor; returns the old one, untouched.
+
+    Merging swaps rather than writes in place, so unmerging is exact in any dtype (at the price of holding both
+    weights of the adapted layers while merged).
+    """
+    old = layer.weight.data
+    layer.weight.data = weight.to(old.dtype).reshape(old.shape)
+    return old
+
+
 def orthonormal_basis(b: Tensor) -> Tensor:
     """Q of the thin QR of B, always in float32: QR is unsupported or unreliable in bf16/fp16 (PAPER.md §1)."""
     # (meta tensors, used to count parameters without weights, have no autocast state of their own)
@@ -68,8 +79,9 @@ class PaRaLayer(nn.Module):
         self.base = base
         self.para_B = nn.Parameter(b.float())
         self.merged = False
-        # Qᵀ W0 (r × n), kept while merged so that unmerge can restore W0 = W + Q (Qᵀ W0).
-        self.register_buffer("_removed", None, persistent=False)
+        # W0 itself while merged: unmerge puts it back bit for bit. Recomputing W + Q(QᵀW0) in a bf16 weight would
+        # round W0 afresh at every validation grid, so the frozen weights would drift during training.
+        self._w0: Tensor | None = None
 
     @property
     def rank(self) -> int:
@@ -112,19 +124,14 @@ class PaRaLayer(nn.Module):
         """Bake (I − QQᵀ)W0 into the frozen weight: sampling then costs exactly the base model."""
         if self.merged:
             return
-        w = flat_weight(self.base).float()
-        q = self.basis().to(w.device)
-        self._removed = q.T @ w
-        self.base.weight.copy_((w - q @ self._removed).reshape(self.base.weight.shape))
+        self._w0 = swap_weight(self.base, self.reduced_weight())
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Restore W0 = W + Q(QᵀW0) (exact up to the rounding of the weight dtype)."""
+        """Put W0 back, exactly."""
         if not self.merged:
             return
-        w = flat_weight(self.base).float()
-        q = self.basis().to(w.device)
-        self.base.weight.copy_((w + q @ self._removed).reshape(self.base.weight.shape))
-        self._removed = None
+        swap_weight(self.base, self._w0)
+        self._w0 = None
         self.merged = False

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from para.core.method import Method
 from para.core.subsets import check_subset, select_modules
-from para.layers import flat_weight
+from para.layers import flat_weight, swap_weight
 
 
 def apply_weight(base: nn.Linear | nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -40,6 +40,7 @@ class DeltaLayer(nn.Module):
             raise NotImplementedError(f"{type(self).__name__} supports zero-padded convolutions (all of SDXL's)")
         self.base = base
         self.merged = False
+        self._w0: Tensor | None = None  # W0 itself while merged, put back exactly by unmerge (see swap_weight)
 
     def delta_weight(self) -> Tensor:
         """ΔW as an m × n matrix (a conv kernel flattened to c_out × (c_in·k²)), differentiable."""
@@ -61,15 +62,15 @@ class DeltaLayer(nn.Module):
     def merge(self) -> None:
         """Bake W0 + ΔW into the frozen weight: sampling then costs exactly the base model."""
         if not self.merged:
-            self.base.weight.copy_(self.adapted_weight())
+            self._w0 = swap_weight(self.base, self.adapted_weight())
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Restore W0 = W − ΔW (ΔW does not depend on W0, so this is exact up to the weight dtype's rounding)."""
+        """Put W0 back, exactly (W − ΔW in a bf16 weight would round W0 afresh at every validation grid)."""
         if self.merged:
-            w = flat_weight(self.base).float()
-            self.base.weight.copy_((w - self.delta_weight().float().to(w.device)).reshape(self.base.weight.shape))
+            swap_weight(self.base, self._w0)
+            self._w0 = None
             self.merged = False
 
 

@@ -38,6 +38,9 @@ def pytest_unconfigure(config):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+# The CLIP-score model of random-backbone test runs: torchmetrics' default (ViT-L/14) costs ~4 s to build and ~1 s
+# per image here with random weights; ViT-B/32 runs the same code (eval.clip_score) at a tenth of that.
+SMALL_CLIP_SCORE = "eval.clip_score_model=openai/clip-vit-base-patch32"
 # Overrides that make a full run take seconds: few steps, 1 prompt x 2 images, 2 DDIM steps, random eval nets.
 QUICK = [
     "model=tiny",
@@ -47,6 +50,23 @@ QUICK = [
     "sample.images_per_prompt=2",
     "sample.steps=2",
     "eval.backbones=random",
+    SMALL_CLIP_SCORE,
+    f"data.root={DATA_ROOT}",
+]
+
+
+# In-process runs of a second or so (the dtype matrix, resource checks): 32 px, 2 steps, one image scored.
+FAST = [
+    "model=tiny",
+    "model.resolution=32",
+    "logger=none",
+    "steps=2",
+    "sample.num_prompts=1",
+    "sample.images_per_prompt=1",
+    "sample.steps=2",
+    "eval.backbones=random",
+    "eval.lpips_size=64",
+    SMALL_CLIP_SCORE,
     f"data.root={DATA_ROOT}",
 ]
 
@@ -92,3 +112,19 @@ def export_runs(tmp_path_factory) -> dict[str, Path]:
         quick += ["eval.enabled=false", "sample.images_per_prompt=1"]
         execute(compose_config(*quick, f"run_dir={root / name}", *overrides))
     return {name: root / name for name in EXPORT_RUNS}
+
+
+@pytest.fixture
+def shared_tiny(monkeypatch, tiny_pipe_template):
+    """In-process runs of `model=tiny` get a copy of the session's tiny pipeline instead of building their own
+    (the same weights: seed 0). Tokenizers hold no state a run changes and are shared (copying them costs half)."""
+    from para.core import models
+
+    def build(kind: str, seed: int = 0):
+        assert (kind, seed) == ("tiny", 0), "shared_tiny serves model=tiny with model.init_seed=0 only"
+        parts = tiny_pipe_template.components.items()
+        pipe = type(tiny_pipe_template)(**{k: v if k.startswith("tokenizer") else copy.deepcopy(v) for k, v in parts})
+        pipe.register_to_config(_name_or_path=tiny_pipe_template.name_or_path)  # as build_random_pipeline names it
+        return pipe
+
+    monkeypatch.setattr(models, "build_random_pipeline", build)

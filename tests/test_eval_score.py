@@ -40,7 +40,7 @@ def make_run(run_dir: Path, prompts: int = 2, images: int = 2, data_root: str | 
         "subject": {"name": SUBJECT, "class_word": "toy", "kind": "object"},
         "data": {"root": data_root or str(DATA_ROOT), "token": "sks"},
         "sample": {"images_per_prompt": images, "num_prompts": prompts},
-        "eval": {"backbones": "random", "lpips_size": 64},
+        "eval": {"backbones": "random", "lpips_size": 64, "clip_score_model": "openai/clip-vit-base-patch32"},
     }
     metrics = {"status": "finished", "method": "para", "subject": SUBJECT, "run_info": run_info, "train_info": {}}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -72,10 +72,22 @@ def test_score_run_returns_every_score_and_the_backbone_flags(scored):
     scores = json.loads((run / "metrics.json").read_text())["scores"]
     for key in ("dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim"):
         assert isinstance(scores[key], float), key
-    assert scores["backbones_pretrained"] == {"dino": False, "clip": False, "lpips": True}
+    assert scores["backbones_pretrained"] == {"dino": False, "clip": False, "lpips": True, "clip_score": False}
     assert scores["backbones_pretrained_all"] is False
     assert (scores["n_prompts"], scores["n_images"], scores["n_real"], scores["lpips_size"]) == (2, 4, 4, 64)
-    assert scores["clip_score"] == pytest.approx(max(100 * scores["clip_t"], 0.0))
+    # clip_score: torchmetrics' CLIPScore over all images, on the run's eval.clip_score_model (not CLIP-T's model)
+    from torchmetrics.multimodal.clip_score import CLIPScore
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from eval.clip_score import load_clip_score
+
+    scorer = load_clip_score("openai/clip-vit-base-patch32", False, "auto")
+    oracle = CLIPScore(model_name_or_path=lambda: (scorer.model, scorer.processor))
+    for entry in json.loads((run / "samples" / "prompts.json").read_text()):
+        images = [pil_to_tensor(Image.open(run / "samples" / name).convert("RGB")) for name in entry["images"]]
+        oracle.update(images, [entry["clean_prompt"]] * len(images))
+    assert scores["clip_score"] == pytest.approx(oracle.compute().item(), abs=1e-4)
+    assert scores["backbones"]["clip_score"] == "clip_score:openai/clip-vit-base-patch32"
     assert -1 <= scores["dino"] <= 1 and 0 <= scores["lpips"] and -1 <= scores["ssim"] <= 1
     assert [p["prompt_index"] for p in scores["per_prompt"]] == [0, 1]
     assert scores["per_prompt"][0]["clean_prompt"] == "a toy in the jungle"

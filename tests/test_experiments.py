@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import DATA_ROOT, compose_config
+from conftest import DATA_ROOT, SMALL_CLIP_SCORE, compose_config
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
@@ -131,8 +131,11 @@ def test_edit_prompts_and_means_over_edits():
 # --- ablations ----------------------------------------------------------------------------------------------------
 
 
-def _fake_run(root: Path, method: str, subject: str, steps: int, rank: int, gamma, subset: str, dino: float) -> None:
-    folder = root / method / subject / f"r{rank}-gamma{gamma}-{subset}-steps{steps}"
+def _fake_run(
+    root: Path, method: str, subject: str, steps: int, rank: int, gamma, subset: str, dino: float,
+    init: str = "gaussian", lr: float = 1e-4,
+) -> None:  # fmt: skip
+    folder = root / method / subject / f"r{rank}-gamma{gamma}-{subset}-{init}-lr{lr}-steps{steps}"
     (folder / "samples").mkdir(parents=True)
     Image.new("RGB", (8, 8), "blue").save(folder / "samples" / "p00_i00.png")
     scores = {k: 0.5 for k in ("clip_i", "clip_t", "clip_score", "lpips", "ssim")}
@@ -144,7 +147,7 @@ def _fake_run(root: Path, method: str, subject: str, steps: int, rank: int, gamm
         "seed": 0,
         "scores": {**scores, "dino": dino, "backbones_pretrained_all": False},
         "run_info": {
-            "method": {"name": method, "rank": rank, "gamma": gamma, "subset": subset},
+            "method": {"name": method, "rank": rank, "gamma": gamma, "subset": subset, "init": init, "lr": lr},
             "subject": {"kind": "live"},
             "data": {"root": "x"},
         },
@@ -160,10 +163,13 @@ def test_ablation_sweeps_and_table(tmp_path):
         subsets=["noxattn", "attn"],
         steps_curve=[2, 4],
         para_steps=4,
+        inits=["gaussian", "weakest"],
+        lrs=[1e-4, 1e-3],
     )
     plan = ablations.sweeps(p)
     assert "method.gamma=0.025,null" in plan["rank"] and "method=para,lora" in plan["steps"]
-    assert "subject=dog,cat" in plan["subset"] and ablations.sweeps(ablations.Params(subsets=[])).keys() == {
+    assert "method.init=gaussian,weakest" in plan["init"] and "method.lr=0.0001,0.001" in plan["init"]
+    assert "subject=dog,cat" in plan["subset"] and ablations.sweeps(ablations.Params(subsets=[], lrs=[])).keys() == {
         "rank",
         "steps",
     }
@@ -173,24 +179,31 @@ def test_ablation_sweeps_and_table(tmp_path):
                 _fake_run(tmp_path, "para", subject, 4, rank, gamma, "noxattn", rank / 10 + shift)
         _fake_run(tmp_path, "para", subject, 4, 4, 0.025, "attn", 0.9)
         _fake_run(tmp_path, "para", subject, 2, 4, 0.025, "noxattn", 0.05 + shift)
+        for init, lr in (("gaussian", 1e-3), ("weakest", 1e-4), ("weakest", 1e-3)):  # (gaussian, 1e-4): the base
+            _fake_run(tmp_path, "para", subject, 4, 4, 0.025, "noxattn", 0.6 + lr * 100 + shift, init, lr)
         for steps in (2, 4):
             _fake_run(tmp_path, "lora", subject, steps, 16, None, "noxattn", steps / 100 + shift)
     _fake_run(tmp_path, "para", "teapot", 4, 1, 0.025, "noxattn", 9.0)  # not an ablation subject: ignored
     base = {
-        "para": {"rank": 4, "gamma": "0.025", "subset": "noxattn"},
-        "lora": {"rank": 16, "gamma": "n/a", "subset": "noxattn"},
+        "para": {"rank": 4, "gamma": "0.025", "subset": "noxattn", "init": "gaussian", "lr": 1e-4},
+        "lora": {"rank": 16, "gamma": "n/a", "subset": "noxattn", "init": "gaussian", "lr": 1e-4},
     }
     table = ablations.summarize(ablations.select(ablations.collect(tmp_path), p, base))
-    cells = ["ablation", "method", "rank", "gamma", "subset", "steps"]
+    cells = ["ablation", "method", "rank", "gamma", "subset", "init", "lr", "steps"]
     by = {tuple(None if pd.isna(v) else v for v in r[cells]): r for _, r in table.iterrows()}
-    assert by["rank", "para", 1, "off", None, None].dino == pytest.approx(0.2)  # mean of 0.1 and 0.3 over subjects
-    assert by["rank", "para", 4, "0.025", None, None].n_subjects == 2
-    assert by["subset", "para", None, None, "attn", None].dino == pytest.approx(0.9)
-    assert by["steps", "para", None, None, None, 2].dino == pytest.approx(0.15)
-    assert by["steps", "lora", None, None, None, 4].dino == pytest.approx(0.14)
-    assert len(table) == 4 + 2 + 4
-    ablations.plot(table, "rank", tmp_path / "rank.png", banner=True)
-    assert (tmp_path / "rank.png").stat().st_size > 0
+    # (init and lr are None where an ablation does not vary them)
+    assert by["rank", "para", 1, "off", None, None, None, None].dino == pytest.approx(0.2)  # mean over subjects
+    assert by["rank", "para", 4, "0.025", None, None, None, None].n_subjects == 2  # the init sweep's cells stay out
+    assert by["rank", "para", 4, "0.025", None, None, None, None].dino == pytest.approx(0.5)
+    assert by["subset", "para", None, None, "attn", None, None, None].dino == pytest.approx(0.9)
+    assert by["init", "para", None, None, None, "weakest", 1e-3, None].dino == pytest.approx(0.8)
+    assert by["init", "para", None, None, None, "gaussian", 1e-4, None].dino == pytest.approx(0.5)  # the base cell
+    assert by["steps", "para", None, None, None, None, None, 2].dino == pytest.approx(0.15)
+    assert by["steps", "lora", None, None, None, None, None, 4].dino == pytest.approx(0.14)
+    assert len(table) == 4 + 2 + 4 + 4
+    for ablation in ("rank", "init"):
+        ablations.plot(table, ablation, tmp_path / f"{ablation}.png", banner=True)
+        assert (tmp_path / f"{ablation}.png").stat().st_size > 0
     assert ablations.grid(ablations.select(ablations.collect(tmp_path), p, base), "dog", 0) is not None
 
 
@@ -249,6 +262,7 @@ def test_study_sheet_is_seeded_balanced_and_anonymous(tmp_path):
 TINY = [
     "model=tiny",
     "eval.backbones=random",
+    SMALL_CLIP_SCORE,
     f"data.root={DATA_ROOT}",
     "sample.num_prompts=1",
     "sample.images_per_prompt=2",
@@ -318,12 +332,14 @@ def test_make_ablations_end_to_end(tmp_path):
             "experiment.ranks=[1]",
             "experiment.gammas=[0.025]",
             "experiment.subsets=[selfattn]",
+            "experiment.inits=[weakest]",
+            "experiment.lrs=[1.0e-4]",
             "experiment.steps_curve=[2]",
             "experiment.para_steps=2",
             "sample.num_prompts=1",
         ]
     )
-    assert set(table["ablation"]) == {"rank", "subset", "steps"}
+    assert set(table["ablation"]) == {"rank", "subset", "init", "steps"}
     assert (tmp_path / "ablations.md").is_file() and (tmp_path / "steps.png").is_file()
 
 

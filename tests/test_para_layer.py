@@ -212,3 +212,26 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_pipe_template):
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in params]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_with_adam_the_scale_of_b_acts_as_the_learning_rate():
+    """Q = qr(B) ignores the scale of B, the gradient scales as 1/scale, Adam's step does not depend on the
+    gradient's scale: (init_std k·σ, lr k·η) trains exactly the Q of (σ, η) — and (k·σ, η) trains k× slower.
+    The reading behind the ablations' init × lr sweep (docs/methods.md)."""
+    torch.manual_seed(0)
+    base = nn.Linear(24, 32)
+    b0 = torch.randn(32, 4) * 0.02
+    x, target = torch.randn(16, 24), torch.randn(16, 32)
+
+    def train(scale: float, lr: float) -> torch.Tensor:
+        layer = PaRaLayer(base, b0 * scale)
+        opt = torch.optim.Adam([layer.para_B], lr=lr, eps=1e-30)  # eps ≈ 0: Adam's step is scale-free
+        for _ in range(5):
+            opt.zero_grad()
+            ((layer(x) - target) ** 2).mean().backward()
+            opt.step()
+        return layer.basis()
+
+    reference = train(1.0, 1e-3)
+    torch.testing.assert_close(train(10.0, 1e-2), reference, rtol=0, atol=1e-5)
+    assert (train(10.0, 1e-3) - reference).abs().max() > 1e-3

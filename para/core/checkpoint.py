@@ -67,6 +67,17 @@ def save_checkpoint(
     return final
 
 
+def remove_checkpoints(folder: Path) -> None:
+    """Delete the checkpoints `save_checkpoint` wrote under `folder` (and the folder, if nothing else is in it)."""
+    if not folder.is_dir():
+        return
+    for path in [*folder.glob("step[0-9]*"), *folder.glob(".step[0-9]*.tmp")]:
+        if path.is_dir() and {p.name for p in path.iterdir()} <= set(_FILES):
+            shutil.rmtree(path)
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118

@@ -75,12 +75,22 @@ def select_images(files: list[Path], names: list[str] | None) -> list[Path]:
     return [by_name[n] for n in names]
 
 
+def load_subject_photos(
+    root: str | Path, subject: str, resolution: int, min_side: int = 16, images: list[str] | None = None
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The photos of a subject (all, or those named in `images`) as a (N, 3, resolution, resolution) tensor, and
+    each photo's (height, width) before cropping and resizing (SDXL's `original_size` micro-conditioning)."""
+    files = select_images(image_files(subject_dir(root, subject)), images)
+    photos = [load_rgb(f, min_side) for f in files]
+    pixels = torch.stack([to_tensor(center_square(im, resolution)) for im in photos])
+    return pixels, [(im.height, im.width) for im in photos]
+
+
 def load_subject_images(
     root: str | Path, subject: str, resolution: int, min_side: int = 16, images: list[str] | None = None
 ) -> torch.Tensor:
     """The photos of a subject (all, or those named in `images`) as a (N, 3, resolution, resolution) tensor."""
-    files = select_images(image_files(subject_dir(root, subject)), images)
-    return torch.stack([to_tensor(center_square(load_rgb(f, min_side), resolution)) for f in files])
+    return load_subject_photos(root, subject, resolution, min_side, images)[0]
 
 
 def instance_prompt(template: str, token: str, class_word: str) -> str:

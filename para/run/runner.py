@@ -17,14 +17,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from para.core.conditioning import SubjectLatents
-from para.core.data import instance_prompt, load_subject_images
+from para.core.checkpoint import remove_checkpoints
+from para.core.conditioning import SubjectLatents, photo_time_ids
+from para.core.data import instance_prompt, load_subject_images, load_subject_photos
 from para.core.io import atomic_write_json, atomic_write_text, read_json
 from para.core.memory import current_mb, peak_mb, reset_peak
 from para.core.method import Method
 from para.core.models import check_model_available, load_pipeline, model_id, resolve_device
 from para.core.prompts import evaluation_prompts
 from para.core.provenance import provenance
+from para.core.residency import Offload
 from para.core.sampling import PromptSpec, generate
 from para.core.trainer import Trainer, TrainResult
 from para.run.config import validate
@@ -114,7 +116,7 @@ class Run:
         check_model_available(cfg.model)
         plan = require_fit(cfg, self.run_dir)
         pipe = load_pipeline(cfg.model, device)
-        pixels = load_subject_images(
+        photos = load_subject_photos(
             cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side, cfg.data.images
         )
         previous = _prepare_folder(self.run_dir, cfg)
@@ -144,7 +146,7 @@ class Run:
         try:  # a logger that cannot start (W&B) also marks the run failed
             logger = build_logger(cfg, self.run_dir, config_dict, previous)
             self.write_metrics(**logger.info())
-            self._pipeline(pipe, pixels, logger)
+            self._pipeline(pipe, photos, logger)
             exit_code = 0
         except BaseException as err:
             message = OOM_HINT if isinstance(err, torch.cuda.OutOfMemoryError) else f"{type(err).__name__}: {err}"
@@ -157,7 +159,7 @@ class Run:
                 logger.finish(exit_code)  # the W&B run ends as failed (exit code 1) on any error
         return self.metrics
 
-    def _pipeline(self, pipe, pixels, logger) -> None:
+    def _pipeline(self, pipe, photos, logger) -> None:
         cfg = self.cfg
         method: Method = METHODS[cfg.method.name](cfg.method, model_id(cfg.model))
         prior = self._prior(pipe) if cfg.train.prior_loss_weight > 0 else None
@@ -173,10 +175,13 @@ class Run:
             method.load_file(pipe.unet, adapter_path)
             log.info("resume: training already finished, adapter loaded from %s", adapter_path)
         else:
-            result = self._train(pipe, method, params, pixels, prior, logger, train_text=bool(text_params))
+            result = self._train(pipe, method, params, photos, prior, logger, train_text=bool(text_params))
             method.save(pipe.unet, adapter_path)
             logger.log_artifact(adapter_path, artifact_name(self.run_dir), "adapter", method.metadata())
             self.write_metrics(stage="trained", train_info=_train_info(result, method))
+            if not cfg.train.keep_checkpoints_after_run:  # the adapter is saved: they can only resume training
+                remove_checkpoints(self.run_dir / "checkpoints")
+        method.end_training(pipe.unet)
         if cfg.sample.enabled:
             self._sample(pipe, method)
         if cfg.sample.enabled and cfg.eval.enabled:
@@ -188,20 +193,25 @@ class Run:
         write_model_card(self.run_dir, cfg, self.metrics)  # README.md: what was trained, scores, how to load it
         self.write_metrics(status="finished", finished_at=time.time())
 
-    def _train(self, pipe, method: Method, params, pixels, prior, logger, train_text: bool) -> TrainResult:
+    def _train(self, pipe, method: Method, params, photos, prior, logger, train_text: bool) -> TrainResult:
         cfg = self.cfg
-        instance = SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=cfg.train.cache_latents)
+        pixels, sizes = photos
+        time_ids = photo_time_ids(sizes, self.resolution) if cfg.data.original_size == "photo" else None
+        instance = SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=cfg.train.cache_latents, time_ids=time_ids)
         prompt = instance_prompt(cfg.data.prompt_template, cfg.data.token, cfg.subject.class_word)
         trainer = Trainer(
             pipe, method, params, cfg, checkpoint_dir=self.run_dir / "checkpoints", train_text=train_text
         )
         callbacks = [lambda step, m: logger.log(with_rate(m), step) if step % cfg.train.log_every == 0 else None]
         if cfg.logger.sample_every:
-            callbacks.append(self._validation_callback(pipe, method, logger))
-        return trainer.train(instance, prompt, self.resolution, prior=prior, callbacks=callbacks)
+            callbacks.append(self._validation_callback(pipe, method, logger, trainer.offload))
+        result = trainer.train(instance, prompt, self.resolution, prior=prior, callbacks=callbacks)
+        trainer.release()  # optimizer state and gradients leave before sampling
+        return result
 
-    def _validation_callback(self, pipe, method: Method, logger):
-        """Every `logger.sample_every` steps: the same prompts and seeds, so frames are comparable."""
+    def _validation_callback(self, pipe, method: Method, logger, offload: Offload):
+        """Every `logger.sample_every` steps: the same prompts and seeds, so frames are comparable, in the form
+        and with the sampler of the final samples (a grid at the last step shows the run's own samples)."""
         cfg = self.cfg
         prompts = sample_prompts(cfg)[: cfg.logger.sample_prompts]
 
@@ -209,45 +219,49 @@ class Run:
             if step % cfg.logger.sample_every:
                 return
             folder = self.run_dir / "validation" / f"step{step:06d}"
+            pipe.unet.eval()
+            with offload.restored():
+                self._generate(pipe, method, prompts, folder, 1, min(cfg.sample.steps, 25), 1, progress=False)
+            pipe.unet.train()
+            grid = image_grid([open_image(folder / f"p{p.index:02d}_i00.png") for p in prompts])
+            logger.log_images("validation/samples", [grid], [" | ".join(p.prompt for p in prompts)], step)
+
+        return callback
+
+    def _generate(
+        self, pipe, method: Method, prompts, folder: Path, per_prompt: int, steps: int, batch: int, progress=True
+    ) -> bool:
+        """Images in the method's sampling form (LoRA at its scale, PaRa merged, DreamBooth in the weights
+        dtype), with the sampler, guidance and resolution of `sample.*`; True if the weights were merged."""
+        cfg, sc = self.cfg, self.cfg.sample
+        merged = method.prepare_for_sampling(pipe.unet, merge=sc.merge)
+        try:
             generate(
                 pipe,
                 prompts,
                 folder,
                 seed=cfg.seed,
-                images_per_prompt=1,
-                steps=min(cfg.sample.steps, 25),
-                guidance=cfg.sample.guidance,
-                resolution=self.resolution,
-                batch_size=1,
-                progress=False,
-            )
-            grid = image_grid([open_image(folder / f"p{p.index:02d}_i00.png") for p in prompts])
-            logger.log_images("validation/samples", [grid], [" | ".join(p.prompt for p in prompts)], step)
-            pipe.unet.train()
-
-        return callback
-
-    def _sample(self, pipe, method: Method) -> None:
-        cfg, sc = self.cfg, self.cfg.sample
-        merged = method.prepare_for_sampling(pipe.unet, merge=sc.merge)
-        t0 = time.perf_counter()
-        start = current_mb(pipe.unet.device)  # on a CPU: what training left resident (heap kept by the allocator)
-        reset_peak(pipe.unet.device)
-        try:
-            generate(
-                pipe,
-                sample_prompts(cfg),
-                self.run_dir / "samples",
-                seed=cfg.seed,
-                images_per_prompt=sc.images_per_prompt,
-                steps=sc.steps,
+                images_per_prompt=per_prompt,
+                steps=steps,
                 guidance=sc.guidance,
                 resolution=sc.resolution or self.resolution,
-                batch_size=sc.batch_size,
+                batch_size=batch,
                 scheduler=sc.scheduler,
+                progress=progress,
             )
         finally:
             method.finish_sampling(pipe.unet)
+        return merged
+
+    def _sample(self, pipe, method: Method) -> None:
+        sc = self.cfg.sample
+        t0 = time.perf_counter()
+        start = current_mb(pipe.unet.device)  # on a CPU: what training left resident (heap kept by the allocator)
+        reset_peak(pipe.unet.device)
+        folder = self.run_dir / "samples"
+        merged = self._generate(
+            pipe, method, sample_prompts(self.cfg), folder, sc.images_per_prompt, sc.steps, sc.batch_size
+        )
         info = {"seconds": time.perf_counter() - t0, "merged": merged, "peak_memory_mb": peak_mb(pipe.unet.device)}
         self.write_metrics(stage="sampled", sample_info={**info, "start_memory_mb": start})
 

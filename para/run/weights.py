@@ -32,6 +32,8 @@ PIPELINE_WEIGHTS = {
     "text_encoder_2": "model",
 }
 PIPELINE_FILES = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/*", "tokenizer_2/*"]
+# a transformers CLIP folder: configs, tokenizer, processor and the safetensors weights (not .bin / TF / Flax)
+CLIP_PATTERNS = ["*.json", "*.txt", "model.safetensors"]
 
 
 def weight_patterns(stem: str, variant: str | None) -> list[str]:
@@ -79,6 +81,9 @@ def hub_items(cfg) -> list[HubItem]:
             items.append(HubItem(f"VAE ({m.vae_path})", m.vae_path, None, vae))
     if not Path(cfg.eval.dino).expanduser().exists():
         items.append(HubItem(f"DINO ({cfg.eval.dino})", cfg.eval.dino, None, ["*.json", "*.safetensors", "*.bin"]))
+    score_model = cfg.eval.clip_score_model
+    if not Path(score_model).expanduser().exists():
+        items.append(HubItem(f"CLIP-score model ({score_model})", score_model, None, CLIP_PATTERNS))
     return items
 
 
