@@ -124,6 +124,15 @@ def test_check_refuses_a_run_that_cannot_fit_and_names_what_would(dreambooth_tin
     assert plan.check(compose_config(*QUICK, f"run_dir={tmp_path / 'ok'}", "plan.cache_dir=null")) == []
 
 
+def test_training_peak_leaves_out_the_parts_parked_on_the_cpu(dreambooth_tiny):
+    """With cached latents the trainer parks the VAE and text encoders on the CPU (para.core.residency): the card
+    holds them while encoding and sampling, not while training."""
+    cached, uncached = plan.estimate(_cuda_cfg()), plan.estimate(_cuda_cfg("train.cache_latents=false"))
+    parked = sum(cached["components_gb"][name] for name in ("vae", "text_encoder", "text_encoder_2"))
+    assert parked > 0 and cached["train_peak_gb"] == pytest.approx(uncached["train_peak_gb"] - parked)
+    assert cached["sample_peak_gb"] == uncached["sample_peak_gb"]
+
+
 def test_disk_counts_checkpoints_as_the_trainer_writes_them(monkeypatch, tmp_path):
     counts = SimpleNamespace(checkpoint_trainable=2 * 2**30, optimizer_state={"adafactor": 2**30}, adapter_file=0)
     cfg = _cuda_cfg("steps=1000", "train.checkpoint_every=100", "sample.enabled=false")

@@ -108,7 +108,9 @@ class Trainer:
         # silently disable itself and fp16 runs here would not rehearse the GPU path).
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         # With the photos and prompt cached and the text encoders frozen, a step needs the UNet only.
-        frozen = {name: getattr(pipe, name) for name in ("vae", "text_encoder", "text_encoder_2")}
+        # (A pipe holding only a UNet, as the resource plan's counting gives, has nothing to park.)
+        names = ("vae", "text_encoder", "text_encoder_2")
+        frozen = {name: getattr(pipe, name) for name in names if getattr(pipe, name, None) is not None}
         self.offload = Offload(frozen, self.device)
         self.offload_frozen = tc.cache_latents and not train_text
         if tc.gradient_checkpointing:

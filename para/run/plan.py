@@ -119,6 +119,15 @@ def load_bytes(cfg: DictConfig, components: dict[str, int], weights_dtype: str) 
     return sum(components.values()) + max(components.values()) * file_itemsize // itemsize
 
 
+def parked_while_training(cfg: DictConfig, components: dict[str, int], device: torch.device) -> int:
+    """Bytes of the frozen parts the trainer parks on the CPU while training (para.core.residency): the VAE and
+    the text encoders, when their outputs are cached and the text encoders do not train. Nothing on a CPU run."""
+    trains_text = bool(OmegaConf.select(cfg, "method.train_text_encoder", default=False))
+    if device.type == "cpu" or not cfg.train.cache_latents or trains_text:
+        return 0
+    return sum(components[name] for name in ("vae", "text_encoder", "text_encoder_2"))
+
+
 def estimate(cfg: DictConfig, device: torch.device | None = None) -> dict[str, Any]:
     """The plan of one run on `device` (default: the run's own) as a flat record (sizes in GiB)."""
     device = device or resolve_device(cfg.device)
@@ -127,7 +136,7 @@ def estimate(cfg: DictConfig, device: torch.device | None = None) -> dict[str, A
     optimizer = cfg.train.optimizer
     phases = {
         "encode": sampling.encode_peak,
-        "train": counts.train_peak(optimizer),
+        "train": counts.train_peak(optimizer) - parked_while_training(cfg, counts.components, device),
         "sample": max(sampling.sample_peak, sampling.decode_peak),
     }
     if device.type == "cpu":  # on a GPU loading happens in host RAM, not on the card
