@@ -31,7 +31,12 @@ def test_dreambooth_checkpoint_holds_the_master_weights_and_optimizer_state_only
     """bf16 base weights: the checkpoint has every UNet parameter once, in its fp32 master dtype, and AdamW's two
     moments; no frozen part (VAE, text encoders), no bf16 copy: 12 bytes per parameter, headers aside."""
     cfg = _cfg(
-        tmp_path, "db", "method=dreambooth", "model.weights_dtype=bf16", "train.keep_checkpoints_after_run=true"
+        tmp_path,
+        "db",
+        "method=dreambooth",
+        "model.weights_dtype=bf16",
+        "train.optimizer=adamw",  # DreamBooth's own default is Adafactor; AdamW's two moments are the count here
+        "train.keep_checkpoints_after_run=true",
     )
     execute(cfg)
     folder = tmp_path / "db" / "checkpoints" / "step000002"
