@@ -81,6 +81,24 @@ def test_sweep_report_records_every_cell_across_processes(tmp_path, capsys):
     assert "1 finished, 0 skipped, 0 failed" in capsys.readouterr().out
 
 
+def test_sweep_report_names_each_cells_slurm_job_and_its_requeues(tmp_path, capsys, monkeypatch):
+    sweep_cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    report = SweepReport(records_dir=str(tmp_path / "records"))
+    report.on_multirun_start(sweep_cfg)
+    done = _job_return(JobStatus.COMPLETED, {"status": "finished", "finished_at": report.started_at + 1}, ["s=a"])
+    slurm = {"SLURM_JOB_ID": "15", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3", "SLURM_RESTART_COUNT": "2"}
+    for name, value in slurm.items():  # what SLURM sets in an array task it requeued twice
+        monkeypatch.setenv(name, value)
+    report.on_job_end(_job_config(0, tmp_path), done)
+    for name in slurm:
+        monkeypatch.delenv(name)
+    done.overrides = ["s=b"]
+    report.on_job_end(_job_config(1, tmp_path), done)  # a cell run without SLURM
+    report.on_multirun_end(sweep_cfg)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith("#0 finished s=a (SLURM job 12_3, requeued 2x)") and lines[2].endswith("#1 finished s=b")
+
+
 def test_single_runs_write_no_sweep_records(tmp_path):
     report = SweepReport(records_dir=str(tmp_path / "records"))
     report.on_job_end(_job_config(0, tmp_path), _job_return(JobStatus.COMPLETED, {}, []))
