@@ -1,9 +1,12 @@
 """Sweeps through a real SLURM cluster (`make slurm-up`: slurmctld, slurmd, slurmdbd + MariaDB for sacct):
 Table 1 through make, a requeued (preempted) cell and a timed-out cell resuming from their checkpoints, failed cells
-reported, `array_parallelism` honoured. Skipped, naming the install command, where there is no cluster."""
+reported, `array_parallelism` honoured. Skipped, naming the install command, where there is no cluster. Also: what
+`make slurm-up` says where it cannot start one (no cluster needed)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -12,8 +15,6 @@ import pytest
 from conftest import DATA_ROOT, QUICK, REPO, compose_config
 from multirun import FAST, break_cell, data_root, multirun_cmd, multirun_env, read_metrics
 from safetensors.torch import load_file
-
-pytestmark = pytest.mark.slurm
 
 # hydra/launcher=slurm_cpu: one CPU and 4 GB per cell, what the single-node cluster offers
 LAUNCHER = ["hydra/launcher=slurm_cpu"]
@@ -85,6 +86,7 @@ def _cell(steps: int, every: int) -> list[str]:
             f"steps={steps}", f"train.checkpoint_every={every}", "resume=true", f"data.root={DATA_ROOT}"]  # fmt: skip
 
 
+@pytest.mark.slurm
 def test_reproduce_table1_through_the_cluster(tmp_path):
     """`make reproduce-table1 ... LAUNCHER=slurm`: each cell a SLURM job, both finished, the table written."""
     project = tmp_path / "project"  # this checkout, with its own runs/
@@ -111,6 +113,7 @@ def test_reproduce_table1_through_the_cluster(tmp_path):
     assert (project / "runs/tiny/table1/table1.md").is_file()
 
 
+@pytest.mark.slurm
 def test_requeued_cell_resumes_and_ends_as_if_never_interrupted(tmp_path, step_seconds):
     """`scontrol requeue` while a cell trains (a preemption): the job comes back, resumes from its last checkpoint
     and ends with the adapter and losses of the same cell run without interruption (its twin in the sweep)."""
@@ -137,6 +140,7 @@ def test_requeued_cell_resumes_and_ends_as_if_never_interrupted(tmp_path, step_s
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
 
 
+@pytest.mark.slurm
 def test_timed_out_cell_is_requeued_by_submitit_and_finishes_from_its_checkpoint(tmp_path, step_seconds):
     """A cell whose training outlasts its time limit: SLURM signals it before the limit, submitit requeues it
     (max_num_timeout), the next attempt resumes from the last checkpoint, until the cell finishes."""
@@ -187,6 +191,7 @@ def serial_sweep(tmp_path_factory):
     return proc.returncode, _finish(proc, tmp, timeout=60), array, seen, tmp
 
 
+@pytest.mark.slurm
 def test_failed_cells_are_reported_and_the_others_finish(serial_sweep):
     returncode, out, array, _, tmp = serial_sweep
     assert returncode == 1, out[-4000:]
@@ -201,6 +206,7 @@ def test_failed_cells_are_reported_and_the_others_finish(serial_sweep):
     assert _states(f"{array}_0") == _states(f"{array}_1") == _states(f"{array}_2") == ["COMPLETED"]
 
 
+@pytest.mark.slurm
 def test_array_parallelism_runs_the_cells_one_at_a_time(serial_sweep):
     _, out, array, seen, _ = serial_sweep
     running = [{job for job, state in snapshot.items() if state == "RUNNING"} for snapshot in seen]
@@ -209,3 +215,28 @@ def test_array_parallelism_runs_the_cells_one_at_a_time(serial_sweep):
     rows = _slurm("sacct", "-n", "-X", "-j", array, "-o", "JobID,Start,End", "--parsable2").splitlines()
     spans = sorted(tuple(row.split("|")[1:]) for row in rows)
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False)), spans
+
+
+def _slurm_up(tmp_path: Path, *prefix: str, path: str | None = None) -> subprocess.CompletedProcess:
+    env = {"PATH": path or "/usr/sbin:/usr/bin:/sbin:/bin", "SLURM_LOCAL_DIR": str(tmp_path / "state")}
+    cmd = [*prefix, "/bin/bash", str(REPO / "scripts/slurm/up.sh")]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_slurm_up_names_the_fix_when_it_cannot_start_a_cluster(tmp_path):
+    tools = tmp_path / "bin"  # a machine with a shell and coreutils but none of the SLURM/munge/MariaDB programs
+    tools.mkdir()
+    for tool in ("dirname", "id", "mkdir"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    if os.getuid() == 0:
+        proc = _slurm_up(tmp_path, path=str(tools))
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert (
+            "missing munged mungekey" in proc.stderr and "apt-get install -y slurm-wlm slurmdbd munge" in proc.stderr
+        )
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]  # nobody
+    else:
+        as_user = []
+    proc = _slurm_up(tmp_path, *as_user)
+    assert proc.returncode == 1 and "run this as root, e.g. sudo make slurm-up" in proc.stderr, proc.stderr
+    assert not (tmp_path / "state").exists()  # nothing started, nothing written

@@ -5,7 +5,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-STATE="$(mkdir -p "${SLURM_LOCAL_DIR:-$REPO/runs/.slurm}" && cd "${SLURM_LOCAL_DIR:-$REPO/runs/.slurm}" && pwd)"
+STATE=${SLURM_LOCAL_DIR:-$REPO/runs/.slurm}
+[[ $STATE == /* ]] || STATE=$PWD/$STATE  # the daemons' configs need absolute paths
 TEMPLATES="$REPO/scripts/slurm"
 CLUSTER=para-local
 CTLD_PORT=${SLURM_LOCAL_PORT:-6817}

@@ -47,10 +47,10 @@ HOST=$(hostname -s)
 CPUS=$(nproc)
 MEM_MB=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
 mkdir -p "$STATE"/{etc,run,log,munge,spool/slurmctld,spool/slurmd}
-chmod 700 "$STATE/munge" "$STATE/etc"
+chmod 700 "$STATE/munge"  # etc/ stays readable: every user's sbatch/squeue reads etc/slurm.conf
 [[ -s $STATE/etc/db.pass ]] || (umask 077 && head -c 24 /dev/urandom | base64 | tr -dc A-Za-z0-9 >"$STATE/etc/db.pass")
 DB_PASS=$(cat "$STATE/etc/db.pass")
-before=$(cat "$STATE"/etc/*.conf "$STATE"/etc/my.cnf 2>/dev/null | md5sum)
+before=$(cat "$STATE"/etc/*.conf "$STATE"/etc/my.cnf 2>/dev/null | md5sum || true)
 render "$TEMPLATES/slurm.conf.in" "$STATE/etc/slurm.conf" 644
 render "$TEMPLATES/slurmdbd.conf.in" "$STATE/etc/slurmdbd.conf" 600  # slurmdbd refuses a password others can read
 render "$TEMPLATES/my.cnf.in" "$STATE/etc/my.cnf" 644
