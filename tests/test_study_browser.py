@@ -25,7 +25,7 @@ METHODS = ("para", "lora")
 # What works headless in a container, without network or a desktop session (brief of issue 20).
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,900"]  # fmt: skip
+                  "--window-size=1280,1024"]  # fmt: skip
 PLAN = ("L", "R", "none")  # question i gets PLAN[i % 3]; even questions by mouse, odd ones by keyboard
 
 
