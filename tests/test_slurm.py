@@ -144,10 +144,10 @@ def test_requeued_cell_resumes_and_ends_as_if_never_interrupted(tmp_path, step_s
 def test_timed_out_cell_is_requeued_by_submitit_and_finishes_from_its_checkpoint(tmp_path, step_seconds):
     """A cell whose training outlasts its time limit: SLURM signals it before the limit, submitit requeues it
     (max_num_timeout), the next attempt resumes from the last checkpoint, until the cell finishes."""
-    steps, every = _training(step_seconds, seconds=100, checkpoints=30)
+    steps, every = _training(step_seconds, seconds=120, checkpoints=30)  # > 90 s: never done in one attempt
     # --time=2 min, USR2 30 s before: SLURM checks once a minute, so it comes 30-90 s after the start, and each
     # attempt trains for that long less its start-up; a requeued job waits 30 s (cred_expire in slurm.conf.in)
-    launcher = _launcher(tmp_path, timeout_min=2, signal_delay_s=30, max_num_timeout=8)
+    launcher = _launcher(tmp_path, timeout_min=2, signal_delay_s=30, max_num_timeout=20)
     proc = _start_sweep(tmp_path, *launcher, *_cell(steps, every), run_dir=f"{tmp_path}/runs/cell")
     job = _job_id(tmp_path, time.monotonic() + 120)
     out = _finish(proc, tmp_path, timeout=1800)

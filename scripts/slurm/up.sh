@@ -12,8 +12,9 @@ render() {
   local template=$1 out=$2 mode=$3 tmp
   tmp=$(mktemp "$out.XXXX")
   sed -e "s|@STATE@|$STATE|g" -e "s|@CLUSTER@|$CLUSTER|g" -e "s|@HOST@|$HOST|g" -e "s|@CPUS@|$CPUS|g" \
-      -e "s|@MEM_MB@|$MEM_MB|g" -e "s|@MEM_PER_CPU@|$((MEM_MB / CPUS))|g" -e "s|@CTLD_PORT@|$CTLD_PORT|g" -e "s|@SLURMD_PORT@|$SLURMD_PORT|g" \
-      -e "s|@DBD_PORT@|$DBD_PORT|g" -e "s|@DB_PORT@|$DB_PORT|g" -e "s|@DB_PASS@|$DB_PASS|g" "$template" >"$tmp"
+    -e "s|@MEM_MB@|$MEM_MB|g" -e "s|@MEM_PER_CPU@|$((MEM_MB / CPUS))|g" -e "s|@CTLD_PORT@|$CTLD_PORT|g" \
+    -e "s|@SLURMD_PORT@|$SLURMD_PORT|g" -e "s|@DBD_PORT@|$DBD_PORT|g" -e "s|@DB_PORT@|$DB_PORT|g" \
+    -e "s|@DB_PASS@|$DB_PASS|g" "$template" >"$tmp"
   chmod "$mode" "$tmp"
   mv "$tmp" "$out"
 }
@@ -57,18 +58,16 @@ render "$TEMPLATES/my.cnf.in" "$STATE/etc/my.cnf" 644
 changed=0
 [[ $before == $(cat "$STATE"/etc/*.conf "$STATE"/etc/my.cnf | md5sum) ]] || changed=1
 
-running=()
+declare -A PORT=([slurmctld]=$CTLD_PORT [slurmd]=$SLURMD_PORT [slurmdbd]=$DBD_PORT [mariadbd]=$DB_PORT)
+running=0
 for d in "${DAEMONS[@]}"; do
   if running_pid "$d" >/dev/null; then
-    running+=("$d")
-    continue
+    running=$((running + 1))
+  elif [[ -n ${PORT[$d]:-} ]] && ! port_free "${PORT[$d]}"; then
+    die "port ${PORT[$d]} ($d) is taken by another program: stop it, or pick other ports with SLURM_LOCAL_PORT=<n>"
   fi
-  port=""
-  case $d in slurmctld) port=$CTLD_PORT ;; slurmd) port=$SLURMD_PORT ;; slurmdbd) port=$DBD_PORT ;; mariadbd) port=$DB_PORT ;; esac
-  [[ -z $port ]] || port_free "$port" ||
-    die "port $port ($d) is taken by another program: stop it, or pick other ports with SLURM_LOCAL_PORT=<n>"
 done
-if ((${#running[@]} == ${#DAEMONS[@]})); then
+if ((running == ${#DAEMONS[@]})); then
   say "already up ($STATE)"
   ((changed == 0)) || say "the configuration changed since it started: make slurm-down slurm-up applies it"
 else
