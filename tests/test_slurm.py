@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DATA_ROOT, QUICK, REPO, compose_config
-from multirun import FAST, break_cell, data_root, multirun_cmd, multirun_env, read_metrics
+from conftest import DATA_ROOT, REPO
+from multirun import FAST, break_cell, data_root, multirun, multirun_cmd, multirun_env, read_metrics
 from safetensors.torch import load_file
 
 # hydra/launcher=slurm_cpu: one CPU and 4 GB per cell, what the single-node cluster offers
@@ -30,9 +30,9 @@ def _slurm(*cmd: str) -> str:
 
 
 def _start_sweep(tmp_path: Path, *args: str, run_dir: str | None = None) -> subprocess.Popen:
-    log = (tmp_path / "sweep.log").open("w")
     cmd = multirun_cmd(tmp_path, *args, run_dir=run_dir)
-    return subprocess.Popen(cmd, cwd=REPO, env=multirun_env(tmp_path), stdout=log, stderr=subprocess.STDOUT, text=True)
+    with (tmp_path / "sweep.log").open("w") as log:  # the sweep writes to its own copy of the file handle
+        return subprocess.Popen(cmd, cwd=REPO, env=multirun_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _finish(proc: subprocess.Popen, tmp_path: Path, timeout: int) -> str:
@@ -61,23 +61,31 @@ def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float) -> N
 
 
 def _states(job: str) -> list[str]:
-    """Every state SLURM's accounting holds for a job, requeued attempts included (sacct --duplicates)."""
-    return _slurm("sacct", "-n", "-X", "-D", "-j", job, "-o", "State", "--parsable2").split()
+    """Every state SLURM's accounting holds for a job, requeued attempts included (sacct --duplicates), once the
+    job has ended (submitit returns as soon as the result file is written, a moment before the job ends)."""
+    deadline = time.monotonic() + 120
+    while True:
+        listing = _slurm("sacct", "-n", "-X", "-D", "-j", job, "-o", "State", "--parsable2")
+        states = [state.split()[0] for state in listing.splitlines()]  # "CANCELLED by 0" → CANCELLED
+        if states and states[-1] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
+            return states
+        assert time.monotonic() < deadline, f"job {job} still {states} after 120 s"
+        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
 def step_seconds(tmp_path_factory) -> float:
-    """Seconds per training step of the tiny model on this machine: the requeue tests size their training by it."""
-    from para.run.runner import execute
-
-    run_dir = tmp_path_factory.mktemp("calibrate")
-    cfg = compose_config(*QUICK, "steps=12", "sample.enabled=false", "eval.enabled=false", f"run_dir={run_dir}")
-    return execute(cfg)["train_info"]["median_step_seconds"]
+    """Seconds per training step of the tiny model in a job on this cluster, from a one-cell sweep of 40 steps:
+    the requeue tests size their training by it (in-process timings differ from a job's several-fold)."""
+    tmp = tmp_path_factory.mktemp("calibrate")
+    proc = multirun(tmp, *_launcher(tmp), *_cell(steps=40, every=1000), run_dir=f"{tmp}/cell")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return read_metrics(tmp / "cell")["train_info"]["median_step_seconds"]
 
 
 def _training(step_seconds: float, seconds: float, checkpoints: int) -> tuple[int, int]:
     """(steps, checkpoint_every) for about `seconds` of training with about `checkpoints` checkpoints."""
-    steps = min(3000, max(60, round(seconds / step_seconds)))
+    steps = min(10_000, max(60, round(seconds / step_seconds)))
     return steps, max(2, steps // checkpoints)
 
 
@@ -129,7 +137,7 @@ def test_requeued_cell_resumes_and_ends_as_if_never_interrupted(tmp_path, step_s
     assert "sweep: 2 cells: 2 finished, 0 skipped, 0 failed" in out
     assert f"(SLURM job {job}, requeued 1x)" in out
     assert "inaccurate" not in out
-    assert _states(job)[:2] == ["REQUEUED", "COMPLETED"]
+    assert _states(job) == ["REQUEUED", "COMPLETED"]
     requeued, straight = read_metrics(tmp_path / "runs/requeued"), read_metrics(tmp_path / "runs/straight")
     assert requeued["meta_info"]["slurm_restarts"] == 1 and straight["meta_info"]["slurm_restarts"] == 0
     assert requeued["train_info"]["resumed_from"] >= every and straight["train_info"]["resumed_from"] is None
@@ -146,7 +154,7 @@ def test_timed_out_cell_is_requeued_by_submitit_and_finishes_from_its_checkpoint
     (max_num_timeout), the next attempt resumes from the last checkpoint, until the cell finishes."""
     steps, every = _training(step_seconds, seconds=120, checkpoints=30)  # > 90 s: never done in one attempt
     # --time=2 min, USR2 30 s before: SLURM checks once a minute, so it comes 30-90 s after the start, and each
-    # attempt trains for that long less its start-up; a requeued job waits 30 s (cred_expire in slurm.conf.in)
+    # attempt trains for that long less its start-up; a requeued job waits 15 s (cred_expire in slurm.conf.in)
     launcher = _launcher(tmp_path, timeout_min=2, signal_delay_s=30, max_num_timeout=20)
     proc = _start_sweep(tmp_path, *launcher, *_cell(steps, every), run_dir=f"{tmp_path}/runs/cell")
     job = _job_id(tmp_path, time.monotonic() + 120)
@@ -161,6 +169,19 @@ def test_timed_out_cell_is_requeued_by_submitit_and_finishes_from_its_checkpoint
     assert _states(job) == ["REQUEUED"] * restarts + ["COMPLETED"]
     job_log = "".join(p.read_text() for p in (tmp_path / "submitit" / job).glob("*_log.*"))
     assert "this job is timed-out" in job_log and "Requeued job" in job_log
+
+
+@pytest.mark.slurm
+def test_a_job_killed_outside_python_ends_the_sweep_with_its_slurm_state(tmp_path):
+    """`scancel` (as for a job killed for memory or a lost node): no result file ever comes, but sacct knows the
+    job is gone, so the launching process stops waiting and names SLURM's state (without accounting it waits)."""
+    proc = _start_sweep(tmp_path, *_launcher(tmp_path), *_cell(steps=3000, every=1000), run_dir=f"{tmp_path}/cell")
+    job = _job_id(tmp_path, time.monotonic() + 120)
+    _wait_for(lambda: (tmp_path / "cell" / "metrics.json").is_file(), proc, "run folder", timeout=600)
+    _slurm("scancel", job)
+    out = _finish(proc, tmp_path, timeout=300)
+    assert proc.returncode != 0 and f"Job {job} (task: 0)" in out and "state: CANCELLED" in out, out[-3000:]
+    assert _states(job) == ["CANCELLED"]  # "CANCELLED by 0": by root
 
 
 @pytest.fixture(scope="module")
