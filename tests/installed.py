@@ -18,9 +18,17 @@ BROWSER_APT = "apt-get install chromium chromium-driver"
 
 
 def local_slurm_conf() -> Path | None:
-    """The config of the cluster `make slurm-up` started from this checkout, while it runs."""
+    """The config of the cluster `make slurm-up` started from this checkout, while its controller runs."""
     state = REPO / "runs" / ".slurm"
-    return state / "etc" / "slurm.conf" if (state / "run" / "slurmctld.pid").is_file() else None
+    pid = (state / "run" / "slurmctld.pid").read_text().strip() if (state / "run" / "slurmctld.pid").is_file() else ""
+    return state / "etc" / "slurm.conf" if pid.isdigit() and Path(f"/proc/{pid}").is_dir() else None
+
+
+def _answers(*cmd: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:  # e.g. no controller at the configured address: the clients retry
+        return None
 
 
 def slurm_missing() -> str | None:
@@ -32,12 +40,16 @@ def slurm_missing() -> str | None:
         if conf is None:
             return "no SLURM cluster is up: `make slurm-up` (or set SLURM_CONF to your cluster's slurm.conf)"
         os.environ["SLURM_CONF"] = str(conf)  # inherited by the sweeps the tests start, and by their jobs
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
-    if ping.returncode != 0 or "UP" not in ping.stdout:
-        return f"the SLURM controller does not answer (SLURM_CONF={os.environ['SLURM_CONF']}): `make slurm-up`"
-    sacct = subprocess.run(["sacct", "-n", "-X", "-S", "now-1minutes"], capture_output=True, text=True, timeout=30)
-    if sacct.returncode != 0 or sacct.stderr.strip():
-        return f"sacct cannot read job states ({sacct.stderr.strip()[:200]}): the cluster needs accounting (slurmdbd)"
+    conf = os.environ["SLURM_CONF"]
+    if not Path(conf).is_file():
+        return f"SLURM_CONF={conf} does not exist: `make slurm-up`, or point it at your cluster's slurm.conf"
+    ping = _answers("scontrol", "ping")
+    if ping is None or ping.returncode != 0 or "UP" not in ping.stdout:
+        return f"the SLURM controller does not answer (SLURM_CONF={conf}): `make slurm-up`"
+    sacct = _answers("sacct", "-n", "-X", "-S", "now-1minutes")
+    if sacct is None or sacct.returncode != 0 or sacct.stderr.strip():
+        error = sacct.stderr.strip()[:200] if sacct else "no answer"
+        return f"sacct cannot read job states ({error}): the cluster needs accounting (slurmdbd)"
     return None
 
 
