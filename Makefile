@@ -97,10 +97,11 @@ RUN_PREFIX := runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)
 TABLE1_OUT ?= runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)table1
 # LAUNCHER=local: cells one after another in this process; processes: one local process per cell through
 # hydra-submitit-launcher (the SLURM code path on one machine); slurm: one SLURM job per cell (SLURM_ARGS).
+# MODEL=tiny/small cells need no GPU: they go through hydra/launcher=slurm_cpu (one CPU, 4 GB each).
 SLURM_ARGS ?=
 LAUNCH_ARGS_local     :=
 LAUNCH_ARGS_processes := -m hydra/launcher=processes
-LAUNCH_ARGS_slurm     := -m hydra/launcher=slurm $(SLURM_ARGS)
+LAUNCH_ARGS_slurm     := -m hydra/launcher=$(if $(filter sdxl,$(MODEL)),slurm,slurm_cpu) $(SLURM_ARGS)
 steps_of = $(if $(filter para para_authors,$(1)),$(PARA_STEPS),$(BASELINE_STEPS))
 cell_path = $(RUN_PREFIX)$(1)/$(2)/steps$(call steps_of,$(1))-seed$(3)/metrics.json
 TABLE1_CELLS := $(foreach m,$(METHODS),$(foreach s,$(SUBJECTS),$(foreach k,$(SEEDS),$(call cell_path,$(m),$(s),$(k)))))
@@ -134,6 +135,20 @@ WANDB_PROJECT ?= para
 ifeq ($(filter $(LAUNCHER),local processes slurm),)
 $(error LAUNCHER=$(LAUNCHER): expected local, processes or slurm)
 endif
+
+# A single-node SLURM cluster on this machine, to try LAUNCHER=slurm without a real one (docs/cluster.md). Needs
+# root and Debian's packages; configs, state and logs in runs/.slurm/. While it is up, make's commands talk to it.
+SLURM_LOCAL_DIR ?= runs/.slurm
+ifneq ($(wildcard $(SLURM_LOCAL_DIR)/run/slurmctld.pid),)
+export SLURM_CONF ?= $(abspath $(SLURM_LOCAL_DIR)/etc/slurm.conf)
+endif
+
+.PHONY: slurm-up slurm-down
+slurm-up: ## start a single-node SLURM cluster here (munge, MariaDB + slurmdbd for sacct, slurmctld, slurmd) → runs/.slurm/
+	SLURM_LOCAL_DIR=$(SLURM_LOCAL_DIR) bash scripts/slurm/up.sh
+
+slurm-down: ## stop the cluster `make slurm-up` started (state and logs stay in runs/.slurm/)
+	SLURM_LOCAL_DIR=$(SLURM_LOCAL_DIR) bash scripts/slurm/down.sh
 
 .PHONY: dashboard
 dashboard: $(STAMP) ## create the W&B report + workspace comparing methods (WANDB_ENTITY=..., after `wandb login`)

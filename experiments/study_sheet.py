@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from eval.score import load_image, real_photo_paths
 from experiments.common import Experiment, load_experiment, main_entry, subject_info, train
@@ -123,15 +124,13 @@ def write_sheet(exp: Experiment, key: pd.DataFrame, sheet: Path) -> Path:
         for k, path in enumerate(real_photo_paths(exp.cfg.data.root, subject)[:3]):
             image = load_image(path)
             image.thumbnail((256, 256))
-            image.save(sheet / "images" / f"ref_{subject}_{k}.png")
+            save_pixels(image, sheet / "images" / f"ref_{subject}_{k}.png")
             refs[subject].append(f"images/ref_{subject}_{k}.png")
     sections = []
     for row in key.itertuples(index=False):
         for side in ("L", "R"):
-            shutil.copyfile(
-                getattr(row, "left_source" if side == "L" else "right_source"),
-                sheet / "images" / f"{row.question}_{side}.png",
-            )
+            source = Path(getattr(row, "left_source" if side == "L" else "right_source"))
+            save_pixels(load_image(source), sheet / "images" / f"{row.question}_{side}.png")
         class_word = subject_info(row.subject).class_word
         sections.append(
             SECTION.format(
@@ -144,6 +143,12 @@ def write_sheet(exp: Experiment, key: pd.DataFrame, sheet: Path) -> Path:
         )
     page = PAGE.format(question=html.escape(exp.params.question), n=len(key), sections="\n".join(sections))
     return atomic_write_text(sheet / "index.html", page)
+
+
+def save_pixels(image: Image.Image, path: Path) -> None:
+    """The pixels only, as PNG: a sample's text chunks, EXIF or colour profile (ComfyUI, A1111 and other tools
+    write the model, adapter and settings there) would tell a participant which method made it."""
+    Image.frombytes(image.mode, image.size, image.tobytes()).save(path, format="PNG")
 
 
 def tally(key: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:

@@ -32,6 +32,21 @@ def pytest_configure(config):
     tempfile.tempdir = None  # re-read TMPDIR
 
 
+def pytest_collection_modifyitems(config, items):
+    """`slurm` / `browser` tests need the real thing: skipped with the install command where it is missing, an
+    error where PARA_REQUIRE names the group (CI)."""
+    from installed import CHECKS
+
+    required = os.environ.get("PARA_REQUIRE", "").split()
+    for group, check in CHECKS.items():
+        marked = [item for item in items if item.get_closest_marker(group)]
+        reason = check() if marked or group in required else None
+        if reason and group in required:
+            raise pytest.UsageError(f"PARA_REQUIRE={' '.join(required)}: the {group} tests cannot run: {reason}")
+        for item in marked if reason else []:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 def pytest_unconfigure(config):
     scratch = getattr(config, "para_scratch", None)
     if scratch:

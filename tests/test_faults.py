@@ -75,6 +75,29 @@ def test_out_of_memory_names_the_memory_options(quick_cfg, monkeypatch):
     assert metrics["status"] == "failed" and "gradient_checkpointing" in metrics["error"]
 
 
+def test_a_preempted_run_records_an_interruption_that_its_resumption_clears(quick_cfg, monkeypatch):
+    """submitit ends a preempted or timed-out SLURM job with sys.exit(-1) mid-training (after requeueing it): the
+    run says `interrupted`, not `failed`; once the requeued job finishes it, no stale error is left behind."""
+    from para.core import trainer
+
+    cfg = quick_cfg("sample.enabled=false", "eval.enabled=false", "resume=true")
+    train = trainer.Trainer.train
+
+    def preempted(self, *args, **kwargs):
+        train(self, *args, **kwargs)
+        raise SystemExit(-1)
+
+    monkeypatch.setattr(trainer.Trainer, "train", preempted)
+    with pytest.raises(SystemExit):
+        execute(cfg)
+    metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and "SystemExit(-1)" in metrics["error"]
+    monkeypatch.setattr(trainer.Trainer, "train", train)
+    metrics = execute(cfg)
+    assert metrics["status"] == "finished"
+    assert not {"error", "failed_at", "interrupted_at"} & metrics.keys()
+
+
 def test_pickle_adapter_is_refused_without_loading(tmp_path):
     evil = tmp_path / "adapter.bin"
     evil.write_bytes(pickle.dumps({"w": 1}))

@@ -4,63 +4,30 @@ finished cells skipped on a rerun; the submitit launcher (the SLURM code path, r
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import DATA_ROOT, REPO
 from hydra.core.utils import JobReturn, JobStatus
+from multirun import FAST, break_cell, data_root, multirun, read_metrics
 from omegaconf import OmegaConf
 from wandb_offline import read_offline_run
 
 from para.tracking.sweep import SweepReport
 
-FAST = ["model=tiny", "steps=2", "logger=none", "sample.enabled=false", "eval.enabled=false", "resume=true"]
-
-
-def _multirun(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python run.py -m ...` with every output (run folders, records, Hydra's multirun.yaml) under tmp_path."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "WANDB_DATA_DIR": str(tmp_path / "wandb-data"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
-           "PYTHONUNBUFFERED": "1"}  # fmt: skip
-    cmd = [sys.executable, "run.py", "-m", *args, f"run_dir={tmp_path}/runs/${{method.name}}/${{subject.name}}",
-           f"hydra.sweep.dir={tmp_path}", f"hydra.callbacks.sweep_report.records_dir={tmp_path}/sweeps"]  # fmt: skip
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _break_cell(run_dir: Path) -> None:
-    """A preempted cell whose adapter file got truncated: resuming it fails after its run folder exists."""
-    run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps({"status": "running", "stage": "trained"}))
-    (run_dir / "adapter.safetensors").write_bytes(b"truncated")
-
-
-def _data_root(tmp_path: Path, *subjects: str) -> Path:
-    root = tmp_path / "data"
-    root.mkdir()
-    for subject in subjects:
-        (root / subject).symlink_to(DATA_ROOT / subject)
-    return root
-
-
-def _metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
-
 
 def test_failed_cells_are_reported_at_the_end_and_do_not_stop_the_others(tmp_path):
     # dog: trains; cat: no photos under data.root (fails before its run folder exists); duck_toy: corrupt adapter
-    data = _data_root(tmp_path, "dog", "duck_toy")
-    _break_cell(tmp_path / "runs/para/duck_toy")
+    data = data_root(tmp_path, "dog", "duck_toy")
+    break_cell(tmp_path / "runs/para/duck_toy")
     args = [*FAST, "method=para", "subject=cat,dog,duck_toy", f"data.root={data}"]
-    proc = _multirun(tmp_path, *args)
+    proc = multirun(tmp_path, *args)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]
     assert "sweep: 3 cells: 1 finished, 0 skipped, 2 failed" in out
-    assert _metrics(tmp_path / "runs/para/dog")["status"] == "finished"  # ran although cat failed before it
-    broken = _metrics(tmp_path / "runs/para/duck_toy")
+    assert read_metrics(tmp_path / "runs/para/dog")["status"] == "finished"  # ran although cat failed before it
+    broken = read_metrics(tmp_path / "runs/para/duck_toy")
     assert broken["status"] == "failed" and "AdapterFileError" in broken["error"]
     assert not (tmp_path / "runs/para/cat").exists()  # nothing left behind by a cell that never started
     (records,) = (tmp_path / "sweeps").iterdir()
@@ -114,6 +81,24 @@ def test_sweep_report_records_every_cell_across_processes(tmp_path, capsys):
     assert "1 finished, 0 skipped, 0 failed" in capsys.readouterr().out
 
 
+def test_sweep_report_names_each_cells_slurm_job_and_its_requeues(tmp_path, capsys, monkeypatch):
+    sweep_cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    report = SweepReport(records_dir=str(tmp_path / "records"))
+    report.on_multirun_start(sweep_cfg)
+    done = _job_return(JobStatus.COMPLETED, {"status": "finished", "finished_at": report.started_at + 1}, ["s=a"])
+    slurm = {"SLURM_JOB_ID": "15", "SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3", "SLURM_RESTART_COUNT": "2"}
+    for name, value in slurm.items():  # what SLURM sets in an array task it requeued twice
+        monkeypatch.setenv(name, value)
+    report.on_job_end(_job_config(0, tmp_path), done)
+    for name in slurm:
+        monkeypatch.delenv(name)
+    done.overrides = ["s=b"]
+    report.on_job_end(_job_config(1, tmp_path), done)  # a cell run without SLURM
+    report.on_multirun_end(sweep_cfg)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith("#0 finished s=a (SLURM job 12_3, requeued 2x)") and lines[2].endswith("#1 finished s=b")
+
+
 def test_single_runs_write_no_sweep_records(tmp_path):
     report = SweepReport(records_dir=str(tmp_path / "records"))
     report.on_job_end(_job_config(0, tmp_path), _job_return(JobStatus.COMPLETED, {}, []))
@@ -125,14 +110,14 @@ def test_single_runs_write_no_sweep_records(tmp_path):
 def test_submitit_local_sweep_with_wandb_two_methods_two_subjects_one_broken_cell(tmp_path):
     """The issue's acceptance run: 2 methods x 2 subjects through hydra-submitit-launcher (local processes),
     W&B offline, real scoring with random-weight backbones (scores meaningless, flagged), one broken cell."""
-    _break_cell(tmp_path / "runs/lora/cat")
+    break_cell(tmp_path / "runs/lora/cat")
     args = [
         "method=para,lora", "subject=dog,cat", "model=tiny", "steps=2", "resume=true", "logger=wandb",
         "train.log_every=1", "logger.sample_every=1", "logger.sample_prompts=1", "sample.num_prompts=1",
         "sample.images_per_prompt=1", "sample.steps=2", "eval.backbones=random", f"data.root={DATA_ROOT}",
     ]  # fmt: skip
     launcher = ["hydra/launcher=processes", f"hydra.launcher.submitit_folder={tmp_path}/submitit/%j"]
-    proc = _multirun(tmp_path, *launcher, *args)
+    proc = multirun(tmp_path, *launcher, *args)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-4000:]
     assert "sweep: 4 cells: 3 finished, 0 skipped, 1 failed" in out
@@ -140,7 +125,7 @@ def test_submitit_local_sweep_with_wandb_two_methods_two_subjects_one_broken_cel
     assert len(list((tmp_path / "submitit").glob("*/*_result.pkl"))) == 4  # one submitit job per cell
     for method, subject in (("para", "dog"), ("para", "cat"), ("lora", "dog")):
         run_dir = tmp_path / "runs" / method / subject
-        metrics = _metrics(run_dir)
+        metrics = read_metrics(run_dir)
         run = read_offline_run(run_dir)
         assert metrics["status"] == "finished" and run.exit_code == 0 and run.run_id == metrics["wandb"]["id"]
         assert run.group == method and f"subject:{subject}" in run.tags
@@ -154,11 +139,11 @@ def test_submitit_local_sweep_with_wandb_two_methods_two_subjects_one_broken_cel
         assert run.summary["eval/per_prompt"]["nrows"] == 1
         assert {a["type"] for a in run.artifacts} == {"adapter", "run_table"}
     broken = read_offline_run(tmp_path / "runs/lora/cat")
-    assert broken.exit_code == 1 and "AdapterFileError" in _metrics(tmp_path / "runs/lora/cat")["error"]
+    assert broken.exit_code == 1 and "AdapterFileError" in read_metrics(tmp_path / "runs/lora/cat")["error"]
 
     # a rerun (here with the default launcher) skips the finished cells: no new W&B runs, adapters untouched
     stamp = (tmp_path / "runs/para/dog/adapter.safetensors").stat().st_mtime_ns
-    again = _multirun(tmp_path, *args)
+    again = multirun(tmp_path, *args)
     assert again.returncode == 1 and "sweep: 4 cells: 0 finished, 3 skipped, 1 failed" in again.stdout
     assert (tmp_path / "runs/para/dog/adapter.safetensors").stat().st_mtime_ns == stamp
     assert read_offline_run(tmp_path / "runs/para/dog").exit_code == 0  # still exactly one W&B run

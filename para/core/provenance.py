@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -67,4 +68,19 @@ def provenance(device: torch.device | str | None = None) -> dict:
         "python": platform.python_version(),
         "packages": package_versions(),
         **device_info(device),
+        **slurm_info(),
+    }
+
+
+def slurm_info() -> dict[str, str | int]:
+    """The SLURM job running this process, if any: its id (array job_task for sweeps), node, and how often SLURM
+    requeued it (preemption, `scontrol requeue`, submitit's requeue on a time-out); empty outside SLURM."""
+    env = os.environ
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    array = (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID"))
+    return {
+        "slurm_job_id": "_".join(array) if all(array) else env["SLURM_JOB_ID"],
+        "slurm_node": env.get("SLURMD_NODENAME", ""),
+        "slurm_restarts": int(env.get("SLURM_RESTART_COUNT", 0)),
     }

@@ -43,6 +43,12 @@ OOM_HINT = (
     "sample.batch_size=1"
 )
 
+# submitit ends a job that SLURM preempts or times out with sys.exit(-1) (after requeueing it); so does Ctrl-C.
+INTERRUPTED = (
+    "interrupted ({err}): preempted, timed out or stopped; a requeued job, or a rerun with resume=true, "
+    "continues from the last checkpoint"
+)
+
 
 def run_dir_of(cfg: DictConfig) -> Path:
     """Hydra's output folder when launched through Hydra (honours hydra.run.dir), else cfg.run_dir."""
@@ -124,6 +130,8 @@ class Run:
         config_dict = OmegaConf.to_container(cfg, resolve=True)
         atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         self.metrics = previous or {}
+        for stale in ("error", "failed_at", "interrupted_at"):  # what ended the previous attempt, now resumed
+            self.metrics.pop(stale, None)
         self.write_metrics(
             status="running",
             stage=self.metrics.get("stage", "started"),
@@ -149,6 +157,11 @@ class Run:
             self._pipeline(pipe, photos, logger)
             exit_code = 0
         except BaseException as err:
+            if not isinstance(err, Exception):  # SystemExit, KeyboardInterrupt: stopped from outside, not broken
+                self.write_metrics(
+                    status="interrupted", error=INTERRUPTED.format(err=repr(err)), interrupted_at=time.time()
+                )
+                raise
             message = OOM_HINT if isinstance(err, torch.cuda.OutOfMemoryError) else f"{type(err).__name__}: {err}"
             self.write_metrics(status="failed", error=message, failed_at=time.time())
             if isinstance(err, torch.cuda.OutOfMemoryError):

@@ -29,6 +29,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from para.core.provenance import slurm_info
+
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +68,7 @@ class SweepReport(Callback):
             "overrides": list(job_return.overrides or []),
             "run_dir": OmegaConf.select(config, "hydra.runtime.output_dir"),
             **job_result(job_return, self.started_at),
+            **slurm_info(),  # the SLURM job (array task) and its requeues, when the cell ran as one
         }
         tmp = self.folder / f"{num}.json.tmp{os.getpid()}"
         tmp.write_text(json.dumps(record, indent=1, default=str))
@@ -110,7 +113,7 @@ def format_report(records: list[dict[str, Any]], folder: Path) -> str:
     lines = [f"sweep: {len(records)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" ({folder})"]
     common = set.intersection(*(set(r["overrides"]) for r in records)) if len(records) > 1 else set()
     names = {r["num"]: " ".join(o for o in r["overrides"] if o not in common) for r in records}
-    lines += [f"  #{r['num']} {r['status']:8s} {names[r['num']]}" for r in records]
+    lines += [f"  #{r['num']} {r['status']:8s} {names[r['num']]}{_job(r)}" for r in records]
     failed = [r for r in records if r["status"] == "failed"]
     if failed:
         lines.append(f"FAILED cells ({len(failed)}); fix and rerun the same command (finished cells are skipped):")
@@ -118,6 +121,14 @@ def format_report(records: list[dict[str, Any]], folder: Path) -> str:
             where = r["run_dir"] if r["run_dir"] and Path(r["run_dir"]).is_dir() else "no run folder"
             lines.append(f"  #{r['num']} {names[r['num']]}: {r['error']} ({where})")
     return "\n".join(lines)
+
+
+def _job(record: dict[str, Any]) -> str:
+    """` (SLURM job 12_0, requeued 1x)` for a cell that ran as a SLURM job, else nothing."""
+    if "slurm_job_id" not in record:
+        return ""
+    restarts = record.get("slurm_restarts", 0)
+    return f" (SLURM job {record['slurm_job_id']}" + (f", requeued {restarts}x)" if restarts else ")")
 
 
 if __name__ == "__main__":  # python -m para.tracking.sweep runs/.sweeps/<sweep>: print a finished sweep's report again
