@@ -102,15 +102,12 @@ def clip_tokenizer() -> CLIPTokenizer:
     return tokenizer
 
 
-def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline:
-    """An SDXL-shaped pipeline with random weights (`kind` = tiny | small), deterministic in `seed`."""
-    if kind not in RANDOM_SHAPES:
-        raise ValueError(f"unknown random model kind {kind!r}; expected one of {sorted(RANDOM_SHAPES)}")
+def random_unet_config(kind: str) -> dict:
+    """UNet2DConditionModel arguments of the SDXL-shaped random model `kind` (tiny | small)."""
     shape = RANDOM_SHAPES[kind]
-    torch.manual_seed(seed)
     text1, text2 = shape["text"]
     time_dim = 8
-    unet = UNet2DConditionModel(
+    return dict(
         sample_size=shape["unet"][0] // 8,
         block_out_channels=shape["unet"],
         layers_per_block=shape["layers"],
@@ -125,6 +122,26 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline
         cross_attention_dim=text1 + text2,  # SDXL: 768 + 1280 = 2048
         norm_num_groups=32,
     )
+
+
+def build_unet_meta(model_cfg) -> torch.nn.Module:
+    """The model's UNet on the meta device (every shape, no memory, no weights): SDXL's for pretrained weights."""
+    if model_cfg.kind == "pretrained":
+        from para.core.sdxl_architecture import build_sdxl_unet_meta
+
+        return build_sdxl_unet_meta()
+    with torch.device("meta"):
+        return UNet2DConditionModel(**random_unet_config(model_cfg.kind))
+
+
+def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline:
+    """An SDXL-shaped pipeline with random weights (`kind` = tiny | small), deterministic in `seed`."""
+    if kind not in RANDOM_SHAPES:
+        raise ValueError(f"unknown random model kind {kind!r}; expected one of {sorted(RANDOM_SHAPES)}")
+    shape = RANDOM_SHAPES[kind]
+    torch.manual_seed(seed)
+    text1, text2 = shape["text"]
+    unet = UNet2DConditionModel(**random_unet_config(kind))
     vae = AutoencoderKL(
         block_out_channels=list(shape["vae"]),
         in_channels=3,
@@ -180,7 +197,7 @@ def load_pretrained_pipeline(
     attempts = []
     is_file = path.endswith((".safetensors", ".ckpt"))
     if is_file and not Path(path).is_file():
-        raise ModelLoadError(_missing_weights_message(path, [f"{path}: no such file"]))
+        raise ModelLoadError(missing_weights_message(path, [f"{path}: no such file"]))
     if path.endswith(".ckpt"):
         raise ModelLoadError(f"{path}: .ckpt files are pickles and are not loaded; convert to .safetensors first")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
@@ -198,13 +215,13 @@ def load_pretrained_pipeline(
             where = "local cache" if local_only else "model hub"
             attempts.append(f"{path} from the {where}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
     else:
-        raise ModelLoadError(_missing_weights_message(path, attempts))
+        raise ModelLoadError(missing_weights_message(path, attempts))
     if vae_path:
         pipe.vae = AutoencoderKL.from_pretrained(vae_path, dtype=dtype, local_files_only=offline)
     return pipe
 
 
-def _missing_weights_message(path: str, attempts: list[str]) -> str:
+def missing_weights_message(path: str, attempts: list[str]) -> str:
     tried = "\n".join(f"  - {a}" for a in attempts)
     return (
         f"Could not load the base model weights.\nTried:\n{tried}\n"

@@ -1,15 +1,16 @@
-"""One run: compose → load base model → train → save adapter → sample → evaluate → metrics.json.
+"""One run: check inputs → hold the run folder → load base model → train → save adapter → sample → evaluate.
 
-Stages are recorded in `metrics.json` (`stage`: trained → sampled → scored), so `resume=true` picks up after
-the last finished stage (or from the last training checkpoint), and a finished run is never redone unless
-`overwrite=true`. Every failure after the run folder exists is recorded as `status: "failed"` with the error.
-Failures before that (bad config, missing weights, bad data) leave nothing behind.
+Every input is checked before the run folder is created (para.run.preflight); the run then holds its folder's
+lock (para.core.lock) and decides, from what the folder holds, whether to start, continue, score or keep it
+(para.run.folder). Stages are recorded in `metrics.json` (`stage`: trained → sampled → scored), so a re-run
+picks up after the last finished stage (or from the last training checkpoint), and a finished run is never
+redone unless `overwrite=true`. Every failure after the run began is recorded as `status: "failed"` with the
+error; SIGTERM and Ctrl-C as `status: "interrupted"` (a checkpoint is saved when training).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from para.core.conditioning import SubjectLatents
-from para.core.data import instance_prompt, load_subject_images
+from para.core.data import instance_prompt, load_images, load_subject_images
+from para.core.interrupts import RunInterrupted, stop_on_signals
 from para.core.io import atomic_write_json, atomic_write_text, read_json
+from para.core.lock import FolderLock
 from para.core.method import Method
 from para.core.models import load_pipeline, model_id, resolve_device
 from para.core.prompts import evaluation_prompts
 from para.core.provenance import provenance
-from para.core.sampling import PromptSpec, generate
+from para.core.sampling import PromptSpec, generate, image_name, valid_image
 from para.core.trainer import Trainer, TrainResult
-from para.run.config import validate
+from para.run import folder
+from para.run.preflight import preflight
 from para.run.registry import METHODS
 from para.tracking.loggers import artifact_name, build_logger, image_grid, log_scores, open_image, with_rate
 
@@ -59,18 +63,6 @@ def finished_metrics(run_dir: Path) -> dict | None:
     return metrics if metrics.get("status") == "finished" else None
 
 
-def _prepare_folder(run_dir: Path, cfg: DictConfig) -> dict | None:
-    """Previous metrics to resume from; clears an unfinished or overwritten run folder when not resuming."""
-    previous = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else None
-    if cfg.resume and previous is not None:
-        return previous
-    if run_dir.exists() and any(run_dir.iterdir()):
-        log.info("clearing previous contents of %s", run_dir)
-        for child in run_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    return None
-
-
 def sample_prompts(cfg: DictConfig) -> list[PromptSpec]:
     pairs = evaluation_prompts(cfg.subject.kind, cfg.data.token, cfg.subject.class_word)
     pairs = pairs[: cfg.sample.num_prompts] if cfg.sample.num_prompts else pairs
@@ -81,7 +73,6 @@ class Run:
     """State of one run while it executes; `execute()` is the whole pipeline."""
 
     def __init__(self, cfg: DictConfig):
-        validate(cfg)
         self.cfg = cfg
         self.run_dir = run_dir_of(cfg)
         self.resolution = cfg.model.resolution
@@ -93,29 +84,44 @@ class Run:
 
     def execute(self) -> dict:
         cfg = self.cfg
-        done = finished_metrics(self.run_dir)
-        if done is not None and not cfg.overwrite:
-            log.warning("%s holds a finished run; kept as is (overwrite=true to redo it)", self.run_dir)
-            if cfg.eval.enabled and "scores" not in done and (self.run_dir / "samples" / "prompts.json").is_file():
-                log.info("scoring its samples, which were never scored")  # e.g. trained with eval.enabled=false
-                from eval.score import score_run
+        with stop_on_signals():
+            preflight(cfg, self.run_dir)  # every input, before the run folder exists; raises listing all problems
+            lock = FolderLock(self.run_dir, wait_s=cfg.lock_wait).acquire()
+            began = False
+            try:
+                chosen = folder.plan(self.run_dir, cfg)  # again, under the lock: what the folder holds now
+                if chosen.action == "skip":
+                    log.warning("%s (overwrite=true to redo it)", chosen.note)
+                    return chosen.metrics
+                if chosen.action == "score":
+                    return self._score_only(chosen)
+                device = resolve_device(cfg.device)
+                torch.manual_seed(cfg.seed)
+                pipe = load_pipeline(cfg.model, device)
+                pixels = load_subject_images(
+                    cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side, cfg.data.images
+                )
+                began = True
+                return self._begin(folder.start(self.run_dir, chosen), device, pipe, pixels)
+            finally:
+                lock.release(remove_created=not began)
 
-                self.metrics = done
-                self.write_metrics(scores=score_run(self.run_dir, cfg.eval))
-                return self.metrics
-            return done
-        device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        # Everything that can fail on bad input happens before the run folder is touched.
-        pipe = load_pipeline(cfg.model, device)
-        pixels = load_subject_images(
-            cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side, cfg.data.images
-        )
-        previous = _prepare_folder(self.run_dir, cfg)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def _score_only(self, chosen: folder.Plan) -> dict:
+        """A finished run whose samples were never scored (e.g. made with eval.enabled=false): score them."""
+        from eval.score import score_run
+
+        log.info("%s", chosen.note)
+        self.metrics = dict(chosen.metrics)
+        self.write_metrics(scores=score_run(self.run_dir, self.cfg.eval))
+        return self.metrics
+
+    def _begin(self, previous: dict | None, device: torch.device, pipe, pixels) -> dict:
+        cfg = self.cfg
         config_dict = OmegaConf.to_container(cfg, resolve=True)
         atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        self.metrics = previous or {}
+        self.metrics = dict(previous or {})
+        for stale in ("error", "failed_at", "interrupted_at", "signal"):  # what a previous attempt recorded
+            self.metrics.pop(stale, None)
         self.write_metrics(
             status="running",
             stage=self.metrics.get("stage", "started"),
@@ -139,6 +145,11 @@ class Run:
             self.write_metrics(**logger.info())
             self._pipeline(pipe, pixels, logger)
             exit_code = 0
+        except RunInterrupted as stop:
+            exit_code = stop.exit_code
+            self.write_metrics(status="interrupted", signal=stop.signal_name, interrupted_at=time.time())
+            log.warning("%s: interrupted by %s; re-run the same command to continue", self.run_dir, stop.signal_name)
+            raise
         except BaseException as err:
             message = OOM_HINT if isinstance(err, torch.cuda.OutOfMemoryError) else f"{type(err).__name__}: {err}"
             self.write_metrics(status="failed", error=message, failed_at=time.time())
@@ -244,12 +255,16 @@ class Run:
         """Class images from the base model (generated once per model and class, cached) for prior preservation."""
         cfg = self.cfg
         prompt = cfg.train.class_prompt_template.format(class_word=cfg.subject.class_word)
-        folder = Path(cfg.train.class_images_dir) / cfg.model.name / cfg.subject.class_word.replace(" ", "_")
+        images = Path(cfg.train.class_images_dir) / cfg.model.name / cfg.subject.class_word.replace(" ", "_")
         spec = PromptSpec(0, prompt, prompt)
+        files = [images / image_name(0, i) for i in range(cfg.train.num_class_images)]
+        for broken in [f for f in files if f.exists() and not valid_image(f, self.resolution)]:
+            log.warning("class image %s is unreadable or of another size: making it again", broken)
+            broken.unlink(missing_ok=True)  # a cache entry of ours; generate() writes it again, atomically
         generate(
             pipe,
             [spec],
-            folder,
+            images,
             seed=cfg.seed,
             images_per_prompt=cfg.train.num_class_images,
             steps=cfg.sample.steps,
@@ -258,7 +273,7 @@ class Run:
             batch_size=cfg.sample.batch_size,
             scheduler=cfg.sample.scheduler,
         )
-        pixels = load_subject_images(folder.parent, folder.name, self.resolution)
+        pixels = load_images(files, self.resolution)  # exactly these: the folder may hold more (other counts)
         return SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=True), prompt
 
 
@@ -266,6 +281,7 @@ def _train_info(result: TrainResult, method: Method) -> dict:
     steps = sorted(result.step_seconds[1:] or result.step_seconds)  # the first step pays warm-up costs
     return {
         "losses": result.losses,
+        "checkpoint_every": result.checkpoint_every,
         "wall_seconds": result.wall_seconds,
         "peak_memory_mb": result.peak_memory_mb,
         "resumed_from": result.resumed_from,
