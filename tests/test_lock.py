@@ -156,14 +156,15 @@ def test_a_broken_cache_entry_is_recomputed_not_trusted(tmp_path, caplog):
 def test_a_broken_class_image_is_made_again(quick_cfg, tiny_pipe, tmp_path):
     """Prior-preservation class images are a cache shared by every run of a class: a truncated one (a writer
     killed in the middle) is regenerated, not trained on."""
-    from para.core.sampling import valid_image
     from para.run.runner import Run
 
     cfg = quick_cfg("train.prior_loss_weight=1", "train.num_class_images=2", f"train.class_images_dir={tmp_path}")
-    folder = tmp_path / "tiny" / "dog"
-    folder.mkdir(parents=True)
-    (folder / "p00_i00.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    Run(cfg)._prior(tiny_pipe)
+    (folder,) = (tmp_path / "tiny" / "dog").iterdir()
+    assert folder.name.startswith("seed0-")  # named by how the images are made: another seed, another folder
+    made = (folder / "p00_i00.png").read_bytes()
+    (folder / "p00_i00.png").write_bytes(made[: len(made) // 2])
     (folder / "notes.txt").write_text("not a class image: never read")
     latents, prompt = Run(cfg)._prior(tiny_pipe)
-    assert prompt == "a photo of dog" and valid_image(folder / "p00_i00.png", cfg.model.resolution)
+    assert prompt == "a photo of dog" and (folder / "p00_i00.png").read_bytes() == made
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "p00_i00.png", "p00_i01.png", "prompts.json"]

@@ -71,7 +71,8 @@ class TrainConfig:
     prior_loss_weight: float = 0.0  # >0 adds DreamBooth prior preservation with generated class images
     num_class_images: int = 50
     class_prompt_template: str = "a photo of {class_word}"
-    class_images_dir: str = "runs/class_images"  # shared cache: <dir>/<model>/<class>/, reused by later runs
+    # shared cache, reused by later runs: <dir>/<model>/<class>/seed<k>-<digest of how the images are made>/
+    class_images_dir: str = "runs/class_images"
 
 
 @dataclass

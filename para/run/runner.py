@@ -10,6 +10,8 @@ error; SIGTERM and Ctrl-C as `status: "interrupted"` (a checkpoint is saved when
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -252,26 +254,33 @@ class Run:
         self.write_metrics(stage="sampled", sample_info={"seconds": time.perf_counter() - t0, "merged": merged})
 
     def _prior(self, pipe) -> tuple[SubjectLatents, str]:
-        """Class images from the base model (generated once per model and class, cached) for prior preservation."""
-        cfg = self.cfg
+        """Class images from the base model for prior preservation, cached for every run that makes the same ones.
+
+        The cache folder `<class_images_dir>/<model>/<class>/seed<k>-<digest>` is named by everything the images
+        depend on, so a run's images are a function of its own config whoever made them first, and runs writing
+        at once write identical files (each atomically). A file that does not decode whole is made again.
+        """
+        cfg, sc = self.cfg, self.cfg.sample
         prompt = cfg.train.class_prompt_template.format(class_word=cfg.subject.class_word)
-        images = Path(cfg.train.class_images_dir) / cfg.model.name / cfg.subject.class_word.replace(" ", "_")
-        spec = PromptSpec(0, prompt, prompt)
+        made_by = [model_id(cfg.model), cfg.model.weights_dtype, prompt, sc.steps, sc.guidance, sc.scheduler]
+        digest = hashlib.sha256(json.dumps([*made_by, self.resolution]).encode()).hexdigest()[:12]
+        class_dir = cfg.subject.class_word.replace(" ", "_")
+        images = Path(cfg.train.class_images_dir) / cfg.model.name / class_dir / f"seed{cfg.seed}-{digest}"
         files = [images / image_name(0, i) for i in range(cfg.train.num_class_images)]
         for broken in [f for f in files if f.exists() and not valid_image(f, self.resolution)]:
             log.warning("class image %s is unreadable or of another size: making it again", broken)
             broken.unlink(missing_ok=True)  # a cache entry of ours; generate() writes it again, atomically
         generate(
             pipe,
-            [spec],
+            [PromptSpec(0, prompt, prompt)],
             images,
             seed=cfg.seed,
             images_per_prompt=cfg.train.num_class_images,
-            steps=cfg.sample.steps,
-            guidance=cfg.sample.guidance,
+            steps=sc.steps,
+            guidance=sc.guidance,
             resolution=self.resolution,
-            batch_size=cfg.sample.batch_size,
-            scheduler=cfg.sample.scheduler,
+            batch_size=sc.batch_size,
+            scheduler=sc.scheduler,
         )
         pixels = load_images(files, self.resolution)  # exactly these: the folder may hold more (other counts)
         return SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=True), prompt
