@@ -94,7 +94,7 @@ def test_10_training_and_evaluation_read_the_same_files_the_same_way(tmp_path):
     """Item 10: evaluation skipped .webp photos, counted macOS `._x.jpg` litter, and flattened transparency onto
     black where training used white."""
     from eval.score import load_image, real_photo_paths
-    from para.core.data import subject_photos
+    from para.core.data import image_files, subject_dir
 
     clear = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
     clear.paste((200, 10, 10, 255), (8, 8, 24, 24))
@@ -108,7 +108,7 @@ def test_10_training_and_evaluation_read_the_same_files_the_same_way(tmp_path):
             "Thumbs.db": b"\xd0\xcf\x11\xe0",
         },
     )
-    files = subject_photos(root, "thing")
+    files = image_files(subject_dir(root, "thing"))  # what training reads
     assert [f.name for f in files] == ["a.png", "b.webp"] == [f.name for f in real_photo_paths(root, "thing")]
     for f in files:
         assert np.array_equal(np.asarray(load_image(f)), np.asarray(load_rgb(f))), f.name

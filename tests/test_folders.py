@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -18,7 +19,6 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 from para.core import trainer
-from para.core.interrupts import RunInterrupted
 from para.run.runner import execute
 
 SHORT = ["eval.enabled=false", "sample.enabled=false", "steps=8", "train.checkpoint_every=2"]
@@ -28,29 +28,53 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _dies_after_checkpoint(monkeypatch, step: int) -> None:
-    """The next run dies right after writing checkpoint `step` (a kill, as far as the folder can tell)."""
-    save = trainer.Trainer.save_checkpoint
-
-    def dying(self, done, losses):
-        path = save(self, done, losses)
-        if done == step:
-            raise RuntimeError("killed")
-        return path
-
-    monkeypatch.setattr(trainer.Trainer, "save_checkpoint", dying)
-
-
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """An uninterrupted run of SHORT: the oracle a continued run must equal."""
+def _short_run(run_dir: Path) -> None:
     from conftest import QUICK
 
     from para.run.config import compose_config
 
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
     execute(compose_config(*QUICK, f"run_dir={run_dir}", *SHORT))
-    return load_file(run_dir / "adapter.safetensors")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished run of SHORT, made once for the module (tests work on copies): its adapter is the oracle a
+    continued run must equal."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    _short_run(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory) -> Path:
+    """A run of SHORT killed right after its step-4 checkpoint (`status: failed`), made once for the module."""
+    run_dir = tmp_path_factory.mktemp("killed") / "run"
+    save = trainer.Trainer.save_checkpoint
+
+    def dying(self, done, losses):
+        path = save(self, done, losses)
+        if done == 4:
+            raise RuntimeError("killed")
+        return path
+
+    trainer.Trainer.save_checkpoint = dying
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            _short_run(run_dir)
+    finally:
+        trainer.Trainer.save_checkpoint = save
+    return run_dir
+
+
+@pytest.fixture
+def straight(finished) -> dict:
+    return load_file(finished / "adapter.safetensors")
+
+
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of a module fixture's run folder at `tmp_path/run` (where `quick_cfg` runs)."""
+    shutil.copytree(run_dir, tmp_path / "run")
+    return tmp_path / "run"
 
 
 def _same_adapter(run_dir: Path, oracle: dict) -> None:
@@ -74,38 +98,28 @@ def test_1_a_folder_of_someone_elses_files_is_refused_untouched(quick_cfg, tmp_p
     assert _tree(mine) == before
 
 
-def test_1_overwrite_removes_only_what_the_harness_wrote(quick_cfg, tmp_path):
-    cfg = quick_cfg(*SHORT)
-    execute(cfg)
-    run_dir = Path(cfg.run_dir)
+def test_1_overwrite_removes_only_what_the_harness_wrote(quick_cfg, tmp_path, finished):
+    run_dir = _copy(finished, tmp_path)
     (run_dir / "my_notes.txt").write_text("kept")
     again = execute(quick_cfg(*SHORT, "overwrite=true"))
     assert again["status"] == "finished" and (run_dir / "my_notes.txt").read_text() == "kept"
 
 
-def test_2_rerunning_a_killed_run_continues_it(quick_cfg, monkeypatch, straight):
+def test_2_rerunning_a_killed_run_continues_it(quick_cfg, tmp_path, killed, straight):
     """Item 2: the same command again (no resume=true) continued from the checkpoint instead of deleting it."""
-    cfg = quick_cfg(*SHORT)
-    _dies_after_checkpoint(monkeypatch, 4)
-    with pytest.raises(RuntimeError, match="killed"):
-        execute(cfg)
-    monkeypatch.undo()
-    run_dir = Path(cfg.run_dir)
+    run_dir = _copy(killed, tmp_path)
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
     metrics = execute(quick_cfg(*SHORT))
     assert metrics["status"] == "finished" and metrics["train_info"]["resumed_from"] == 4
     _same_adapter(run_dir, straight)
 
 
-def test_2_resume_false_refuses_to_continue_or_discard(quick_cfg, monkeypatch):
-    cfg = quick_cfg(*SHORT)
-    _dies_after_checkpoint(monkeypatch, 2)
-    with pytest.raises(RuntimeError):
-        execute(cfg)
-    monkeypatch.undo()
+def test_2_resume_false_refuses_to_continue_or_discard(quick_cfg, tmp_path, killed):
+    run_dir = _copy(killed, tmp_path)
+    before = _tree(run_dir)
     with pytest.raises(ValueError, match="resume=false .*overwrite=true"):
         execute(quick_cfg(*SHORT, "resume=false"))
-    assert (Path(cfg.run_dir) / "checkpoints" / "step000002").is_dir()
+    assert _tree(run_dir) == before
 
 
 def test_3_a_failed_start_keeps_the_users_own_empty_folders(tmp_path, monkeypatch):
@@ -122,6 +136,7 @@ def test_3_a_failed_start_keeps_the_users_own_empty_folders(tmp_path, monkeypatc
 
 def test_5_sigterm_records_interrupted_checkpoints_and_continues(quick_cfg, monkeypatch, straight):
     """Item 5: SIGTERM (SLURM preemption, time limit) left `status: running` forever."""
+    from para.core.interrupts import RunInterrupted
 
     def not_handled(signum, _frame):  # before the fix, SIGTERM would end the test process
         raise RuntimeError("SIGTERM was not handled by the run")
@@ -154,31 +169,27 @@ def test_5_sigterm_records_interrupted_checkpoints_and_continues(quick_cfg, monk
     _same_adapter(run_dir, straight)
 
 
-def test_6_a_finished_folder_with_other_settings_is_refused_naming_them(quick_cfg):
+def test_6_a_finished_folder_with_other_settings_is_refused_naming_them(quick_cfg, tmp_path, finished):
     """Item 6: `method.rank=2 method.lr=0.5` on a finished folder printed the old scores and exited 0."""
-    cfg = quick_cfg(*SHORT)
-    execute(cfg)
-    before = _tree(Path(cfg.run_dir))
+    run_dir = _copy(finished, tmp_path)
+    before = _tree(run_dir)
     with pytest.raises(ValueError) as info:
         execute(quick_cfg(*SHORT, "method.rank=2", "method.lr=0.5"))
     message = str(info.value)
     assert "method.rank: 16 there, 2 here" in message and "method.lr: 0.0001 there, 0.5 here" in message
     assert "overwrite=true" in message and "hydra.run.dir=" in message
-    assert _tree(Path(cfg.run_dir)) == before
+    assert _tree(run_dir) == before
 
 
 @pytest.mark.parametrize("other, names", [("steps=2", "steps: 8 there, 2 here"), ("method=lora", "method.name")])
-def test_7_continuing_with_other_settings_than_the_checkpoints_is_refused(quick_cfg, monkeypatch, other, names):
+def test_7_continuing_with_other_settings_than_the_checkpoints_is_refused(quick_cfg, tmp_path, killed, other, names):
     """Item 7: resuming with fewer steps than trained, or another method, recorded a result the folder does not
     hold, or failed vaguely."""
-    cfg = quick_cfg(*SHORT)
-    _dies_after_checkpoint(monkeypatch, 4)
-    with pytest.raises(RuntimeError):
-        execute(cfg)
-    monkeypatch.undo()
+    run_dir = _copy(killed, tmp_path)
+    before = _tree(run_dir)
     with pytest.raises(ValueError, match=names) as info:
         execute(quick_cfg(*SHORT, other, "resume=true"))
-    assert "checkpoint at step 4" in str(info.value)
+    assert "checkpoint at step 4" in str(info.value) and _tree(run_dir) == before
 
 
 def test_7_a_checkpoint_past_the_runs_steps_is_refused(tmp_path):

@@ -31,9 +31,16 @@ def _multirun(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.Comp
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _break_cell(run_dir: Path) -> None:
-    """A preempted cell whose adapter file got truncated: resuming it fails after its run folder exists."""
+def _break_cell(run_dir: Path, *overrides: str) -> None:
+    """A preempted cell (of `overrides`) whose adapter file got truncated: continuing it fails after its run folder
+    exists. The folder is the harness's (its marker, its config), so the run continues it rather than refuse it."""
+    from conftest import compose_config
+
+    from para.run.folder import write_marker
+
     run_dir.mkdir(parents=True)
+    write_marker(run_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(compose_config(*overrides), resolve=True))
     (run_dir / "metrics.json").write_text(json.dumps({"status": "running", "stage": "trained"}))
     (run_dir / "adapter.safetensors").write_bytes(b"truncated")
 
@@ -53,7 +60,7 @@ def _metrics(run_dir: Path) -> dict:
 def test_failed_cells_are_reported_at_the_end_and_do_not_stop_the_others(tmp_path):
     # dog: trains; cat: no photos under data.root (fails before its run folder exists); duck_toy: corrupt adapter
     data = _data_root(tmp_path, "dog", "duck_toy")
-    _break_cell(tmp_path / "runs/para/duck_toy")
+    _break_cell(tmp_path / "runs/para/duck_toy", *FAST, "method=para", "subject=duck_toy", f"data.root={data}")
     args = [*FAST, "method=para", "subject=cat,dog,duck_toy", f"data.root={data}"]
     proc = _multirun(tmp_path, *args)
     out = proc.stdout + proc.stderr
@@ -125,12 +132,12 @@ def test_single_runs_write_no_sweep_records(tmp_path):
 def test_submitit_local_sweep_with_wandb_two_methods_two_subjects_one_broken_cell(tmp_path):
     """The issue's acceptance run: 2 methods x 2 subjects through hydra-submitit-launcher (local processes),
     W&B offline, real scoring with random-weight backbones (scores meaningless, flagged), one broken cell."""
-    _break_cell(tmp_path / "runs/lora/cat")
     args = [
         "method=para,lora", "subject=dog,cat", "model=tiny", "steps=2", "resume=true", "logger=wandb",
         "train.log_every=1", "logger.sample_every=1", "logger.sample_prompts=1", "sample.num_prompts=1",
         "sample.images_per_prompt=1", "sample.steps=2", "eval.backbones=random", f"data.root={DATA_ROOT}",
     ]  # fmt: skip
+    _break_cell(tmp_path / "runs/lora/cat", *args[2:], "method=lora", "subject=cat")
     launcher = ["hydra/launcher=processes", f"hydra.launcher.submitit_folder={tmp_path}/submitit/%j"]
     proc = _multirun(tmp_path, *launcher, *args)
     out = proc.stdout + proc.stderr
