@@ -252,12 +252,14 @@ def main_entry(run: Any) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from para.core.data import DataError
+    from para.core.lock import FolderBusy
     from para.core.method import AdapterFileError
     from para.core.models import ModelLoadError
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
+    user_errors = (ModelLoadError, DataError, AdapterFileError, FolderBusy, ValueError)
     try:
         run(sys.argv[1:])
-    except (ModelLoadError, DataError, AdapterFileError, ValueError, HydraException, OmegaConfBaseException) as err:
+    except (*user_errors, HydraException, OmegaConfBaseException) as err:
         log.error("%s", err)
         sys.exit(2)

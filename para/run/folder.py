@@ -222,11 +222,9 @@ def plan(run_dir: Path, cfg: DictConfig) -> Plan:
 
 
 def write_marker(run_dir: Path) -> None:
-    atomic_write_json(
-        run_dir / MARKER,
-        {"format": MARKER_FORMAT, "version": 1, "created_at": time.time(), "host": socket.gethostname(),
-         "pid": os.getpid(), "owned": list(OWNED)},
-    )  # fmt: skip
+    """The marker that makes `run_dir` the harness's: written before anything else of a run."""
+    made = {"created_at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+    atomic_write_json(run_dir / MARKER, {"format": MARKER_FORMAT, "version": 1, **made, "owned": list(OWNED)})
 
 
 def clear_owned(run_dir: Path) -> None:

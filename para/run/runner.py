@@ -147,10 +147,12 @@ class Run:
             self.write_metrics(**logger.info())
             self._pipeline(pipe, pixels, logger)
             exit_code = 0
-        except RunInterrupted as stop:
-            exit_code = stop.exit_code
-            self.write_metrics(status="interrupted", signal=stop.signal_name, interrupted_at=time.time())
-            log.warning("%s: interrupted by %s; re-run the same command to continue", self.run_dir, stop.signal_name)
+        except (RunInterrupted, KeyboardInterrupt, SystemExit) as stop:
+            # SystemExit: submitit requeues a SLURM job near its time limit (SIGUSR2) by exiting from its handler
+            name = stop.signal_name if isinstance(stop, RunInterrupted) else type(stop).__name__
+            exit_code = stop.exit_code if isinstance(stop, RunInterrupted) else 1
+            self.write_metrics(status="interrupted", signal=name, interrupted_at=time.time())
+            log.warning("%s: interrupted by %s; re-run the same command to continue", self.run_dir, name)
             raise
         except BaseException as err:
             message = OOM_HINT if isinstance(err, torch.cuda.OutOfMemoryError) else f"{type(err).__name__}: {err}"
