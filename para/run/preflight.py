@@ -306,10 +306,12 @@ def check_one(overrides: list[str], skip: Iterable[str] = ()) -> tuple[str, list
         cfg = compose_config(*overrides)
     except (HydraException, OmegaConfBaseException) as err:
         return "?", [("compose", f"{' '.join(overrides)}: {err}")], ""
-    cell = Cell(cfg, Path(cfg.run_dir))
+    # `python run.py` runs in hydra.run.dir when it is given (Hydra's compose API leaves that to the caller)
+    chosen_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    cell = Cell(cfg, Path(chosen_dirs[-1] if chosen_dirs else cfg.run_dir))
     found = run_checks(cell, skip)
     chosen = cell.shared.get("plan")
-    return cfg.run_dir, found, f"{chosen.action}{': ' + chosen.note if chosen.note else ''}" if chosen else ""
+    return str(cell.run_dir), found, f"{chosen.action}{': ' + chosen.note if chosen.note else ''}" if chosen else ""
 
 
 def check_cells(common: list[str], cells: list[list[str]], skip: Iterable[str] = ()) -> int:

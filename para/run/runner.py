@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from para.core.conditioning import SubjectLatents
 from para.core.data import instance_prompt, load_images, load_subject_images
 from para.core.interrupts import RunInterrupted, stop_on_signals
-from para.core.io import atomic_write_json, atomic_write_text, read_json
+from para.core.io import atomic_write_json, atomic_write_text
 from para.core.lock import FolderLock
 from para.core.method import Method
 from para.core.models import load_pipeline, model_id, resolve_device
@@ -52,17 +52,6 @@ def run_dir_of(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(cfg.run_dir)
-
-
-def finished_metrics(run_dir: Path) -> dict | None:
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        metrics = read_json(path)
-    except ValueError:
-        return None
-    return metrics if metrics.get("status") == "finished" else None
 
 
 def sample_prompts(cfg: DictConfig) -> list[PromptSpec]:
