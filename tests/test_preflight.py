@@ -123,3 +123,22 @@ def test_a_later_check_can_be_added(quick_cfg):
         assert seen == [Path(cfg.run_dir)]
     finally:
         preflight.CHECKS[:] = [c for c in preflight.CHECKS if c.name != "extra"]
+
+
+def test_9_reproduce_table1_checks_every_unfinished_cell_before_the_first_trains(capsys):
+    """`make reproduce-table1` runs the preflight over all its unfinished cells first (the exact command make runs,
+    here executed in this process)."""
+    import shlex
+
+    from para.run import preflight
+
+    args = ["MODEL=tiny", "SUBJECTS=dog cat", "SEEDS=987654", "METHODS=para lora", "BACKBONES=pretrained"]  # unmade
+    plan = subprocess.run(["make", "-n", "reproduce-table1", *args], cwd=REPO, capture_output=True, text=True)
+    lines = plan.stdout.splitlines()
+    first_run = next(i for i, line in enumerate(lines) if " run.py " in line)
+    (check,) = [line for line in lines[:first_run] if "-m para.run.preflight" in line]  # before any cell trains
+    argv = shlex.split(check)
+    assert argv.count("--cell") == 4  # every unfinished cell
+    assert preflight.main(argv[argv.index("para.run.preflight") + 1 :]) == 2
+    err = capsys.readouterr().err
+    assert "(4 of 4 runs)" in err and "[backbones]" in err and "runs/tiny/lora/cat/steps100-seed987654" in err
