@@ -71,6 +71,9 @@ def test_disk_and_device_checks(quick_cfg, monkeypatch):
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda _path: usage(10, 10, 1000))
     found = preflight.problems(quick_cfg(), Path(quick_cfg().run_dir))
     assert [name for name, _ in found] == ["disk"] and "GiB free" in found[0][1]
+    monkeypatch.setattr(preflight.os, "access", lambda _path, _mode: False)
+    (found,) = preflight.problems(quick_cfg(), Path(quick_cfg().run_dir))
+    assert found[0] == "disk" and "cannot write into" in found[1]
     assert device_problem("device", "auto") is None and device_problem("device", "cpu") is None
     assert "not a device" in device_problem("device", "gpu0")
     if not __import__("torch").cuda.is_available():

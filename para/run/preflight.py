@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -269,6 +270,8 @@ def free_disk(cell: Cell) -> Iterable[str]:
     estimate = disk_estimate(cell)
     need = sum(estimate.values())
     folder = next(p for p in (cell.run_dir.absolute(), *cell.run_dir.absolute().parents) if p.exists())
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return [f"cannot write into {folder} (permissions); put the run where you can write (hydra.run.dir=...)"]
     free = shutil.disk_usage(folder).free
     if free >= need * 1.1:
         return []
