@@ -64,14 +64,14 @@ def test_the_command_line_checks_many_cells_and_lists_each_problem_once(capsys):
 def test_disk_and_device_checks(quick_cfg, monkeypatch):
     from collections import namedtuple
 
-    from para.run import preflight
-    from para.run.preflight import device_problem
+    from para.run import checks, preflight
+    from para.run.checks import device_problem
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda _path: usage(10, 10, 1000))
+    monkeypatch.setattr(checks.shutil, "disk_usage", lambda _path: usage(10, 10, 1000))
     found = preflight.problems(quick_cfg(), Path(quick_cfg().run_dir))
     assert [name for name, _ in found] == ["disk"] and "GiB free" in found[0][1]
-    monkeypatch.setattr(preflight.os, "access", lambda _path, _mode: False)
+    monkeypatch.setattr(checks.os, "access", lambda _path, _mode: False)
     (found,) = preflight.problems(quick_cfg(), Path(quick_cfg().run_dir))
     assert found[0] == "disk" and "cannot write into" in found[1]
     assert device_problem("device", "auto") is None and device_problem("device", "cpu") is None
