@@ -108,23 +108,37 @@ TABLE1_CELLS := $(foreach m,$(METHODS),$(foreach s,$(SUBJECTS),$(foreach k,$(SEE
 UNFINISHED := $(shell for f in $(TABLE1_CELLS); do grep -qs '"status": "finished"' $$f && grep -qs '"scores"' $$f \
                 || echo $$f; done)
 
+TABLE1_COMMON = +experiment=table1 model=$(MODEL) eval.backbones=$(BACKBONES) logger=$(or $(LOGGER),none) \
+  $(TABLE1_ARGS)
+cell_args = method=$(1) subject=$(2) seed=$(3) steps=$(call steps_of,$(1))
+
 define table1_cell
+CELL_ARGS_$(call cell_path,$(1),$(2),$(3)) := $(call cell_args,$(1),$(2),$(3))
 $(call cell_path,$(1),$(2),$(3)):
-	$(PY) run.py $(LAUNCH_ARGS_$(LAUNCHER)) +experiment=table1 method=$(1) subject=$(2) seed=$(3) \
-	  steps=$(call steps_of,$(1)) model=$(MODEL) eval.backbones=$(BACKBONES) logger=$(or $(LOGGER),none) \
-	  resume=true $(TABLE1_ARGS)
+	$(PY) run.py $(LAUNCH_ARGS_$(LAUNCHER)) $(TABLE1_COMMON) $(call cell_args,$(1),$(2),$(3)) resume=true
 endef
 $(foreach m,$(METHODS),$(foreach s,$(SUBJECTS),$(foreach k,$(SEEDS),$(eval $(call table1_cell,$(m),$(s),$(k))))))
 
-.PHONY: FORCE table1-cells reproduce-table1
+.PHONY: FORCE table1-cells reproduce-table1 preflight-table1
 $(UNFINISHED): FORCE
 FORCE:
 table1-cells: $(TABLE1_CELLS)
 
-reproduce-table1: $(STAMP) ## Table 1: the plan (refuses if the disk is short), every method x subject x seed, then runs/table1/table1.{csv,md} + tradeoff.png
+# Every unfinished cell's inputs (weights, photos, eval backbones, device, memory, disk, run folder) are checked before the
+# first one trains; all problems are listed at once. SLURM cells run on other machines: their device is not ours.
+PREFLIGHT_ARGS_slurm := --skip device
+preflight-table1: $(STAMP) ## check every unfinished Table 1 cell's inputs, list all problems, write nothing
+	$(if $(UNFINISHED),$(PY) -m para.run.preflight $(PREFLIGHT_ARGS_$(LAUNCHER)) $(TABLE1_COMMON) \
+	  $(foreach f,$(UNFINISHED),--cell "$(CELL_ARGS_$(f))"),@echo "preflight: every Table 1 cell is finished")
+
+# `make -n` still runs recipe lines that call $(MAKE) (to show the sub-make's plan): DRY_RUN keeps that line from
+# writing the table.
+DRY_RUN = $(findstring n,$(firstword -$(MAKEFLAGS)))
+reproduce-table1: $(STAMP) preflight-table1 ## Table 1: the checks, the plan (refuses if the disk is short), every method x subject x seed, then runs/table1/table1.{csv,md} + tradeoff.png
 	$(PY) -m para.run.plan --check --model $(MODEL) --methods $(METHODS) --out $(TABLE1_OUT)/plan $(TABLE1_ARGS)
 	$(MAKE) -k table1-cells; status=$$?; \
-	$(PY) -m eval.table --cells $(TABLE1_CELLS) --out $(TABLE1_OUT) --methods $(METHODS) && exit $$status
+	$(if $(DRY_RUN),,$(PY) -m eval.table --cells $(TABLE1_CELLS) --out $(TABLE1_OUT) --methods $(METHODS) &&) \
+	exit $$status
 
 # ---------------------------------------------------------------------------------------------------------
 # W&B and cluster sweeps (README "Cluster / W&B"). LAUNCHER=processes runs each cell as its own local process

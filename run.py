@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import hydra
 from omegaconf import DictConfig
 
 from para.core.data import DataError
+from para.core.interrupts import RunInterrupted
+from para.core.lock import FolderBusy
 from para.core.method import AdapterFileError
 from para.core.models import ModelLoadError
 from para.run.config import register_configs
@@ -23,9 +26,11 @@ from para.tracking.sweep import cell_failed
 
 register_configs()
 log = logging.getLogger("run")
+STARTED_AT = time.time()
 
-# Errors that are the user's to fix: print the message alone, no traceback.
-USER_ERRORS = (ModelLoadError, DataError, AdapterFileError, ValueError)
+# Errors that are the user's to fix: print the message alone, no traceback. (PreflightError and FolderRefused,
+# para.run's refusals, are ValueErrors.)
+USER_ERRORS = (ModelLoadError, DataError, AdapterFileError, FolderBusy, ValueError)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -34,6 +39,10 @@ def main(cfg: DictConfig) -> dict:
 
     try:
         metrics = execute(cfg)
+    except RunInterrupted as stop:  # SIGTERM (SLURM preemption, time limit, scancel) or Ctrl-C: stop everything
+        _remove_empty_run_dir()
+        log.warning("stopped by %s; re-run the same command to continue", stop.signal_name)
+        sys.exit(stop.exit_code)  # 143 for SIGTERM, 130 for Ctrl-C: a sweep stops here too
     except Exception as err:
         _remove_empty_run_dir()
         if _is_multirun():  # the sweep goes on; para.tracking.sweep.SweepReport lists the failed cells at the end
@@ -72,15 +81,15 @@ def _is_multirun() -> bool:
 
 
 def _remove_empty_run_dir() -> None:
-    """Hydra creates the output folder before the job starts; leave nothing behind for a run that never began."""
+    """Hydra creates the output folder before the job starts; a run that never began removes the folders made
+    for it, never one the user made (para.run.folder.remove_created)."""
     from pathlib import Path
 
     from hydra.core.hydra_config import HydraConfig
 
-    out = Path(HydraConfig.get().runtime.output_dir)
-    while out.is_dir() and not any(out.iterdir()) and out != Path.cwd():
-        out.rmdir()
-        out = out.parent
+    from para.run.folder import remove_created
+
+    remove_created(Path(HydraConfig.get().runtime.output_dir), _is_multirun(), STARTED_AT)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from peft import LoraConfig
 from torch import Tensor, nn
 
 from baselines.peft_adapter import ADAPTER, PeftAdapter
-from para.core.method import check_rank
+from para.core.method import check_alpha, check_range, check_rank
 
 
 @dataclass
@@ -40,8 +40,8 @@ class Lora(PeftAdapter):
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
         check_rank(cfg)
-        if cfg.scale < 0:
-            raise ValueError(f"method.scale={cfg.scale} is out of range; expected >= 0")
+        check_alpha(cfg)
+        check_range(cfg.scale >= 0, "method.scale", cfg.scale, ">= 0")
         super().validate_config(cfg)
 
     def peft_config(self) -> LoraConfig:

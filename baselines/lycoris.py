@@ -29,7 +29,7 @@ from peft.tuners.oft.layer import OFTRotationModule
 from torch import Tensor, nn
 
 from baselines.peft_adapter import PeftAdapter
-from para.core.method import check_rank
+from para.core.method import check_alpha, check_rank
 from para.core.subsets import select_modules
 
 
@@ -80,6 +80,7 @@ class Loha(LycorisAdapter):
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
         check_rank(cfg)
+        check_alpha(cfg)
         super().validate_config(cfg)
 
     def peft_config(self) -> PeftConfig:
@@ -94,6 +95,7 @@ class Lokr(LycorisAdapter):
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
         check_rank(cfg)
+        check_alpha(cfg)
         if cfg.decompose_factor != -1 and cfg.decompose_factor < 2:
             raise ValueError(f"method.decompose_factor={cfg.decompose_factor} is out of range; expected -1 or >= 2")
         super().validate_config(cfg)

@@ -7,10 +7,7 @@ Options default to the run's own `run_info.eval`; flags override them.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -18,19 +15,7 @@ from typing import Any
 from eval.hub import BackboneUnavailable
 from eval.options import RANDOM_BANNER, EvalOptions
 from eval.score import DEFAULT_CACHE_DIR, SCORE_KEYS, read_json, score_run
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then `os.replace`: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from para.core.io import atomic_write_json
 
 
 def update_metrics(run_dir: str | Path, scores: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +25,7 @@ def update_metrics(run_dir: str | Path, scores: dict[str, Any]) -> dict[str, Any
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     data["scores"] = scores
-    write_json_atomic(path, data)
+    atomic_write_json(path, data)
     return data
 
 
@@ -69,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), help=f"eval.{f.name}")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="real-photo embedding cache")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    parser.add_argument("--dry-run", action="store_true", help="print the scores, leave metrics.json alone")
+    parser.add_argument("--dry-run", action="store_true", help="print the scores; write nothing (metrics.json, cache)")
     parser.add_argument(
         "--no-wandb", action="store_true", help="do not push the new scores to the run's W&B run (default: push)"
     )
@@ -90,7 +75,8 @@ def rescore(args: argparse.Namespace) -> int:
     run_eval = (info.get("run_info") or {}).get("eval") if isinstance(info, dict) else None
     overrides = {f.name: getattr(args, f.name) for f in fields(EvalOptions)}
     opts = EvalOptions.from_any(run_eval, **overrides)
-    scores = score_run(args.run_dir, opts, cache_dir=None if args.no_cache else args.cache_dir)
+    cache_dir = None if args.no_cache else args.cache_dir
+    scores = score_run(args.run_dir, opts, cache_dir=cache_dir, write_cache=not args.dry_run)
     print(format_scores(scores))
     if not args.dry_run:
         update_metrics(args.run_dir, scores)

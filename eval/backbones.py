@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from eval.embedders import Backbones, ClipEmbedder, DinoEmbedder, LpipsScorer, as_embedding, resolve_device
 from eval.hub import cached_hub_file, offline_reason, unavailable
-from eval.lpips_weights import GET_WEIGHTS, load_lpips
+from eval.lpips_weights import GET_WEIGHTS, checkpoint_path, load_lpips
 from eval.options import EvalOptions
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "load_clip",
     "load_dino",
     "load_lpips_scorer",
+    "missing_backbones",
     "resolve_device",
 ]
 
@@ -264,3 +265,34 @@ def load_backbones(opts: EvalOptions) -> Backbones:
 @functools.lru_cache(maxsize=2)
 def _load_backbones(opts: EvalOptions) -> Backbones:
     return Backbones(dino=load_dino(opts), clip=load_clip(opts), lpips=load_lpips_scorer(opts))
+
+
+def missing_backbones(opts: EvalOptions) -> list[str]:
+    """Why each pretrained backbone of `opts` could not be loaded, found without loading any (empty: all there).
+
+    A local path must exist; a hub id must be in the local cache unless the hub can be reached (then it is
+    downloaded when scoring starts). Random backbones need nothing.
+    """
+    if not opts.pretrained:
+        return []
+    problems = []
+    dino = Path(opts.dino).expanduser()
+    if not dino.exists():
+        cached = cached_hub_file(opts.dino, ["config.json"]) and cached_hub_file(
+            opts.dino, ["model.safetensors", "pytorch_model.bin"]
+        )
+        reason = None if cached else offline_reason()
+        if reason is not None:
+            tried = [f"local folder {dino}", f"Hugging Face cache for {opts.dino!r}"]
+            problems.append(str(unavailable("DINO", tried, "eval.dino", reason)))
+    clip = Path(opts.clip_pretrained).expanduser()
+    if not clip.exists():
+        try:
+            _open_clip_source(opts.clip_arch, opts.clip_pretrained)
+        except (RuntimeError, ValueError) as err:  # BackboneUnavailable, or an unknown tag
+            problems.append(str(err))
+    try:
+        checkpoint_path(opts.lpips_net)
+    except (FileNotFoundError, ValueError) as err:
+        problems.append(str(err))
+    return problems

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,19 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps
-from safetensors.torch import load_file, save_file
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor
 
 from eval import metrics
 from eval.backbones import Backbones, load_backbones
 from eval.clip_score import ClipScorer, clip_score_of, load_clip_score
 from eval.options import EvalOptions
+from para.core.data import load_rgb, subject_photos
+from para.core.io import atomic_save_safetensors
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path("runs/.cache/eval")
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 SCORE_KEYS = ("dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim")
-CACHE_VERSION = "1"  # bump when preprocessing changes: old cache files then stop matching
+# Bump when preprocessing changes: old cache files then stop matching. 2: photos read by para.core.data (the
+# training reader): transparency over white, 16-bit grayscale scaled, every photo format Pillow knows.
+CACHE_VERSION = "2"
 
 
 def read_json(path: Path) -> Any:
@@ -47,20 +53,13 @@ def read_json(path: Path) -> Any:
 
 
 def load_image(path: Path) -> Image.Image:
-    """RGB image with its EXIF orientation applied (phone photos are often stored rotated)."""
-    with Image.open(path) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
+    """An image as 8-bit RGB, read exactly as training reads its photos (`para.core.data.load_rgb`)."""
+    return load_rgb(path)
 
 
 def real_photo_paths(data_root: str | Path, subject: str) -> list[Path]:
-    """Sorted photos of `subject` under `data_root`; raises naming the folder if there are none."""
-    folder = Path(data_root).expanduser() / subject
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no photo folder {folder} (resolved against cwd {Path.cwd()}); check data.root")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
-    if not paths:
-        raise FileNotFoundError(f"{folder} holds no {'/'.join(PHOTO_SUFFIXES)} photos")
-    return paths
+    """The subject's photos under `data_root`: the very files training uses (`para.core.data.subject_photos`)."""
+    return subject_photos(data_root, subject)
 
 
 def read_samples(run_dir: Path, run_info: dict[str, Any]) -> list[dict[str, Any]]:
@@ -111,11 +110,14 @@ def cached_embeddings(
     pretrained: bool,
     subject: str,
     cache_dir: str | Path | None,
+    write_cache: bool = True,
 ) -> Tensor:
     """Embeddings of the photos at `paths`, computed once and kept under `cache_dir` (None: no cache).
 
     The file name carries subject, backbone and weights kind; the digest also covers the photos' bytes, so
-    edited photos or another backbone never reuse stale numbers.
+    edited photos or another backbone never reuse stale numbers. A cache file that is unreadable or does not fit
+    (another writer's partial file, a foreign file) is recomputed, never trusted. `write_cache=False` reads the
+    cache but adds nothing to it (`python -m eval --dry-run`).
     """
     kind = "pretrained" if pretrained else "random"
     if cache_dir is None:
@@ -123,14 +125,30 @@ def cached_embeddings(
     digest = _files_digest(paths, backbone_id, kind)[:16]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", backbone_id)[-60:]
     file = Path(cache_dir) / f"{subject}-{slug}-{kind}-{digest}.safetensors"
-    if file.is_file():
-        return load_file(file)["embeddings"]
+    cached = _read_cached(file, len(paths))
+    if cached is not None:
+        return cached
     embeddings = embed([load_image(p) for p in paths]).contiguous()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(f".tmp{os.getpid()}")
-    meta = {"backbone": backbone_id, "kind": kind, "subject": subject, "photos": json.dumps([p.name for p in paths])}
-    save_file({"embeddings": embeddings}, str(tmp), metadata=meta)
-    os.replace(tmp, file)  # atomic: parallel runs of the same subject never read a half-written file
+    if write_cache:
+        names = json.dumps([p.name for p in paths])
+        meta = {"backbone": backbone_id, "kind": kind, "subject": subject, "photos": names}
+        # atomic (unique temp file + rename): parallel cells of one subject write whole files, the last one wins
+        atomic_save_safetensors({"embeddings": embeddings}, file, metadata=meta)
+    return embeddings
+
+
+def _read_cached(file: Path, n_photos: int) -> Tensor | None:
+    """A cache entry's embeddings if the file is whole and fits (one row per photo); None means recompute."""
+    if not file.is_file():
+        return None
+    try:
+        embeddings = load_file(file)["embeddings"]
+    except (SafetensorError, OSError, KeyError, ValueError) as err:
+        log.warning("ignoring unreadable embedding cache %s (%s); recomputing", file, err)
+        return None
+    if embeddings.ndim != 2 or embeddings.shape[0] != n_photos or not torch.isfinite(embeddings).all():
+        log.warning("ignoring embedding cache %s: shape %s, %d photos; recomputing", file, embeddings.shape, n_photos)
+        return None
     return embeddings
 
 
@@ -181,6 +199,7 @@ def score_run(
     *,
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
     backbones: Backbones | None = None,
+    write_cache: bool = True,
 ) -> dict[str, Any]:
     """Score a run folder's samples. Does not write anything into the run folder.
 
@@ -189,6 +208,7 @@ def score_run(
         eval_cfg: any object or mapping with the `EvalOptions` fields; default: `run_info.eval`, then defaults.
         cache_dir: where real-photo embeddings are cached; None disables the cache.
         backbones: already loaded backbones (their options win over `eval_cfg`).
+        write_cache: False reads the embedding cache but writes nothing to disk (a dry run).
 
     Returns:
         `dino, clip_i, clip_t, clip_score, lpips, ssim` (overall), `per_prompt` (the same per prompt),
@@ -209,10 +229,11 @@ def score_run(
     models = backbones if backbones is not None else load_backbones(opts)
     scorer = load_clip_score(opts.clip_score_model, opts.pretrained, opts.device)
 
+    dino, clip = models.dino, models.clip
     ref = _Reference(
-        dino=cached_embeddings(real_paths, models.dino, models.dino.id, models.dino.pretrained, subject, cache_dir),
+        dino=cached_embeddings(real_paths, dino, dino.id, dino.pretrained, subject, cache_dir, write_cache),
         clip=cached_embeddings(
-            real_paths, models.clip.embed_images, models.clip.id, models.clip.pretrained, subject, cache_dir
+            real_paths, clip.embed_images, clip.id, clip.pretrained, subject, cache_dir, write_cache
         ),
         # LPIPS compares pixels: the photos' features, computed once rather than once per prompt
         lpips=metrics.lpips_features(models.lpips, [load_image(p) for p in real_paths], opts.lpips_size),

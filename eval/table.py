@@ -22,6 +22,7 @@ import pandas as pd
 
 from eval.options import RANDOM_BANNER, EvalOptions
 from eval.stats import paired_difference, subject_means, summarize
+from para.core.io import atomic_write_bytes, atomic_write_text
 
 SCORES = ["dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim"]
 COSTS = ["trainable_params", "train_seconds", "peak_memory_mb"]
@@ -218,7 +219,7 @@ def plot_tradeoff(table: pd.DataFrame, real: pd.DataFrame | None, path: Path, ba
     ax.set_title("RANDOM BACKBONES — not comparable" if banner else "Text alignment vs subject fidelity")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=150, format="png"))
     plt.close(fig)
 
 
@@ -266,15 +267,16 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     lead = ["method", *COLUMNS, "n_subjects", "backbones_pretrained"]
     full = full.reindex(columns=lead + [f"{c}_{s}" for c in COLUMNS for s in ("lo", "hi")])
-    full.round(6).to_csv(out / "table1.csv", index=False)  # 6 decimals: no float noise in diffs
-    by_kind.round(6).to_csv(out / "table1_by_kind.csv", index=False)
-    paired.round(6).to_csv(out / "table1_paired.csv", index=False)
-    runs.drop(columns=["eval"]).to_csv(out / "table1_runs.csv", index=False)
-    failed.to_csv(out / "failed_cells.csv", index=False)
+    # every file whole (temp file + rename): a reader, or a second `make` writing the same table, never sees half
+    atomic_write_text(out / "table1.csv", full.round(6).to_csv(index=False))  # 6 decimals: no float noise in diffs
+    atomic_write_text(out / "table1_by_kind.csv", by_kind.round(6).to_csv(index=False))
+    atomic_write_text(out / "table1_paired.csv", paired.round(6).to_csv(index=False))
+    atomic_write_text(out / "table1_runs.csv", runs.drop(columns=["eval"]).to_csv(index=False))
+    atomic_write_text(out / "failed_cells.csv", failed.to_csv(index=False))
     plot_tradeoff(table, real_table, out / "tradeoff.png", banner)
 
     md = render_markdown(full, by_kind, paired, failed, pair, banner, real_note, ok)
-    (out / "table1.md").write_text(md)
+    atomic_write_text(out / "table1.md", md)
     return {"table": full, "by_kind": by_kind, "paired": paired, "failed": failed, "markdown": md, "banner": banner}
 
 

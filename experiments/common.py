@@ -6,7 +6,8 @@ overrides. So `model=tiny`, `eval.backbones=random`, `sample.steps=4`, `data.roo
 `experiment.<key>=...` all work the same way on every command, and typos fail at composition.
 
 Adapters always come from the harness itself: `train()` composes a run config and calls `para.run.runner.execute`,
-which writes the run folder (or skips it when a finished run is already there).
+which writes the run folder (or keeps a finished run made with the same training settings, and refuses one made
+with others).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from para.core.models import load_pipeline, model_id, resolve_device
 from para.core.sampling import PromptSpec, generate, image_name
 from para.run.config import register_configs, validate
 from para.run.registry import METHODS
-from para.run.runner import execute, finished_metrics
+from para.run.runner import execute
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -113,49 +114,12 @@ def train(exp: Experiment, *run_overrides: str, preset: str | None = "self") -> 
         head = [f"+experiment={preset}"] if preset else []
     cfg = compose([*head, *merge_overrides(user, run_overrides)])
     log.info("training run %s (%s)", cfg.run_dir, " ".join(run_overrides))
-    if finished_metrics(Path(cfg.run_dir)) is not None and not cfg.overwrite:
-        check_same_training(Path(cfg.run_dir), cfg)
-    metrics = execute(cfg)
+    metrics = execute(cfg)  # refuses a folder holding a run made with other settings (para.run.folder)
     if metrics.get("status") != "finished":
         raise RuntimeError(f"training run {cfg.run_dir} ended with status {metrics.get('status')!r}")
     run_dir = Path(cfg.run_dir)
     exp.runs.append(str(run_dir))
     return run_dir
-
-
-# What decides a run's adapter. A finished run folder is reused only if these match (sampling may differ),
-# apart from bookkeeping that cannot change the adapter (resume is exact, paths may be spelt differently).
-TRAINING_KEYS = ("method", "subject", "model", "data", "train", "steps", "seed")
-BOOKKEEPING = (
-    "data.root",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.log_every",
-    "train.class_images_dir",
-    "train.gradient_checkpointing",
-)
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): value}
-
-
-def check_same_training(run_dir: Path, cfg: DictConfig) -> None:
-    """Refuse to reuse a finished run trained with other settings (its folder name cannot encode them all)."""
-    saved = OmegaConf.to_container(run_config(run_dir), resolve=True)
-    wanted = OmegaConf.to_container(cfg, resolve=True)
-    old = _flatten({k: saved.get(k) for k in TRAINING_KEYS})
-    new = _flatten({k: wanted.get(k) for k in TRAINING_KEYS})
-    keys = (k for k in old.keys() | new.keys() if not k.startswith(BOOKKEEPING))
-    differ = sorted(k for k in keys if old.get(k) != new.get(k))
-    if differ:
-        details = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in differ[:5])
-        raise ValueError(
-            f"{run_dir} holds a finished run trained with other settings ({details}); "
-            "move it away, or pass overwrite=true to retrain it"
-        )
 
 
 def run_config(run_dir: Path) -> DictConfig:
@@ -288,12 +252,14 @@ def main_entry(run: Any) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from para.core.data import DataError
+    from para.core.lock import FolderBusy
     from para.core.method import AdapterFileError
     from para.core.models import ModelLoadError
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
+    user_errors = (ModelLoadError, DataError, AdapterFileError, FolderBusy, ValueError)
     try:
         run(sys.argv[1:])
-    except (ModelLoadError, DataError, AdapterFileError, ValueError, HydraException, OmegaConfBaseException) as err:
+    except (*user_errors, HydraException, OmegaConfBaseException) as err:
         log.error("%s", err)
         sys.exit(2)

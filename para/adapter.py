@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from para.core.method import check_rank
+from para.core.method import check_range, check_rank
 from para.layers import INITS, PaRaLayer, initial_b, out_features
 from para.layerwise import LayerwiseMethod
 
@@ -57,6 +57,7 @@ class PaRa(LayerwiseMethod):
             raise ValueError(f"method.gamma={cfg.gamma} is out of range; expected (0, 1] or null to disable")
         if cfg.init not in INITS:
             raise ValueError(f"unknown PaRa init {cfg.init!r}; expected one of {list(INITS)}")
+        check_range(cfg.init_std > 0, "method.init_std", cfg.init_std, "a standard deviation > 0")
 
     def wrap(self, name: str, module: nn.Linear | nn.Conv2d) -> PaRaLayer:
         width = out_features(module)

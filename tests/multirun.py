@@ -36,9 +36,17 @@ def multirun(
     return subprocess.run(cmd, cwd=REPO, env=multirun_env(tmp_path), capture_output=True, text=True, timeout=timeout)
 
 
-def break_cell(run_dir: Path) -> None:
-    """A preempted cell whose adapter file got truncated: resuming it fails after its run folder exists."""
+def break_cell(run_dir: Path, *overrides: str) -> None:
+    """A preempted cell (of `overrides`) whose adapter file got truncated: continuing it fails after its run folder
+    exists. The folder is the harness's (its marker, its config), so the run continues it rather than refuse it."""
+    from conftest import compose_config
+    from omegaconf import OmegaConf
+
+    from para.run.folder import write_marker
+
     run_dir.mkdir(parents=True)
+    write_marker(run_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(compose_config(*overrides), resolve=True))
     (run_dir / "metrics.json").write_text(json.dumps({"status": "running", "stage": "trained"}))
     (run_dir / "adapter.safetensors").write_bytes(b"truncated")
 

@@ -84,3 +84,52 @@ def test_out_of_range_values_are_refused_with_the_allowed_range(override, fragme
     with pytest.raises(ValueError, match=None) as info:
         validate(compose_config(override))
     assert fragment in str(info.value)
+
+
+# A value that every numeric setting must refuse, where -1 is allowed (lokr: -1 = peft's automatic factor).
+BAD_VALUE = {"method.decompose_factor": 1}
+
+
+def numeric_settings() -> list[tuple[str, str]]:
+    """(method, key) for every int/float field of the run schemas and of every method's config."""
+    from dataclasses import fields
+
+    from para.run import config as schema
+
+    def numeric(f) -> bool:
+        kind = str(f.type)
+        return ("int" in kind or "float" in kind) and "bool" not in kind
+
+    groups = {"": schema.Config, "model.": schema.ModelConfig, "data.": schema.DataConfig}
+    groups |= {"train.": schema.TrainConfig, "sample.": schema.SampleConfig, "eval.": schema.EvalConfig}
+    groups |= {"logger.": schema.LoggerConfig}
+    keys = [("para", p + f.name) for p, cls in groups.items() for f in fields(cls) if numeric(f)]
+    return keys + [(m, f"method.{f.name}") for m, cls in METHODS.items() for f in fields(cls.Config) if numeric(f)]
+
+
+def test_11_every_numeric_setting_refuses_out_of_range_values():
+    """Item 11: some numeric settings (e.g. train.grad_clip=-1, which flips every gradient) were accepted."""
+    from omegaconf import OmegaConf
+
+    settings = numeric_settings()
+    assert ("para", "train.grad_clip") in settings and ("lora", "method.alpha") in settings and len(settings) > 35
+    bases = {m: compose_config(f"method={m}", "model=tiny") for m in METHODS}
+    for base in bases.values():
+        validate(base)  # the defaults pass
+    accepted = []
+    for method, key in settings:
+        cfg = bases[method].copy()
+        OmegaConf.update(cfg, key, BAD_VALUE.get(key, -1))
+        try:
+            validate(cfg)
+            accepted.append(key)
+        except ValueError as err:
+            if f"{key}=" not in str(err):
+                accepted.append(key)
+    assert not accepted, f"no range check refuses a bad value of {accepted}"
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ValueError) as info:
+        validate(compose_config("steps=0", "train.grad_clip=-1", "train.log_every=0"))
+    assert all(k in str(info.value) for k in ("steps=0", "train.grad_clip=-1", "train.log_every=0"))

@@ -84,3 +84,57 @@ def test_empty_subject_and_missing_root(tmp_path):
         load_subject_images(DATA_ROOT, "unicorn", 16)
     with pytest.raises(DataError, match="data.root"):
         load_subject_images(tmp_path / "missing", "dog", 16)
+
+
+def _png16(gray: np.ndarray) -> bytes:
+    return _encode(Image.fromarray(gray.astype(np.uint16)), "PNG")
+
+
+def test_10_training_and_evaluation_read_the_same_files_the_same_way(tmp_path):
+    """Item 10: evaluation skipped .webp photos, counted macOS `._x.jpg` litter, and flattened transparency onto
+    black where training used white."""
+    from eval.score import load_image, real_photo_paths
+    from para.core.data import image_files, subject_dir
+
+    clear = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    clear.paste((200, 10, 10, 255), (8, 8, 24, 24))
+    root = _subject(
+        tmp_path,
+        {
+            "a.png": _encode(clear, "PNG"),
+            "b.webp": _encode(Image.new("RGB", (32, 32), (0, 90, 0)), "WEBP", lossless=True),
+            "._a.png": b"\x00\x05\x16\x07 AppleDouble metadata, not a photo",
+            ".DS_Store": b"\x00\x00\x00\x01Bud1",
+            "Thumbs.db": b"\xd0\xcf\x11\xe0",
+        },
+    )
+    files = image_files(subject_dir(root, "thing"))  # what training reads
+    assert [f.name for f in files] == ["a.png", "b.webp"] == [f.name for f in real_photo_paths(root, "thing")]
+    for f in files:
+        assert np.array_equal(np.asarray(load_image(f)), np.asarray(load_rgb(f))), f.name
+    assert np.asarray(load_rgb(root / "thing" / "a.png"))[0, 0].tolist() == [255, 255, 255]
+    assert load_subject_images(root, "thing", 16).shape == (2, 3, 16, 16)
+
+
+def test_10_sixteen_bit_and_float_grayscale_keep_their_tones(tmp_path):
+    """Pillow's own conversion clips 16-bit values at 255: mid-grey 32768 came out white."""
+    path = tmp_path / "g.png"
+    path.write_bytes(_png16(np.array([[0, 32768, 65535, 257 * 40]])))
+    assert np.asarray(load_rgb(path))[0, :, 0].tolist() == [0, 128, 255, 40]
+    tif = tmp_path / "f.tif"
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(tif)
+    assert np.asarray(load_rgb(tif))[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_10_files_that_are_not_photos_are_refused_by_name(tmp_path):
+    root = _subject(tmp_path, {"00.jpg": (DATA_ROOT / "dog" / "00.jpg").read_bytes(), "IMG_1.heic": b"ftypheic"})
+    with pytest.raises(DataError, match=r"not photos: IMG_1.heic"):
+        load_subject_images(root, "thing", 16)
+
+
+def test_10_a_decompression_bomb_is_refused_by_name(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4096 > 2 x 1000: Pillow refuses to decode
+    with pytest.raises(DataError, match="huge.png is too large"):
+        load_rgb(path)

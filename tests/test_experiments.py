@@ -16,12 +16,7 @@ from omegaconf.errors import ValidationError
 from PIL import Image
 
 from experiments import ablations, edit, multi_subject, para_lora, study_sheet
-from experiments.common import (
-    check_same_training,
-    load_experiment,
-    merge_overrides,
-    multi_subject_prompts,
-)
+from experiments.common import load_experiment, merge_overrides, multi_subject_prompts
 from experiments.report import label_grid, reset_if_changed, to_markdown, write_table
 from para.core.data import DataError, load_subject_images
 
@@ -65,13 +60,25 @@ def test_multi_subject_prompts_name_every_subject():
 
 
 def test_a_finished_run_with_other_training_settings_is_not_reused(tmp_path):
+    """experiments.common.train() relies on the runner's check (para.run.folder.plan): sampling settings may
+    differ when the folder holds no samples, training settings may not."""
+    from para.run.folder import FolderRefused, plan, write_marker
+
     cfg = compose_config("model=tiny", "method=para", "method.rank=2", f"run_dir={tmp_path}")
+    write_marker(tmp_path)
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    check_same_training(
-        tmp_path, compose_config("model=tiny", "method.rank=2", "sample.steps=3", f"run_dir={tmp_path}")
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "finished", "stage": "trained"}))
+    (tmp_path / "adapter.safetensors").write_bytes(b"x")
+    reuse = compose_config(
+        "model=tiny",
+        "method.rank=2",
+        "sample.steps=3",
+        "sample.enabled=false",
+        f"run_dir={tmp_path}",
     )
-    with pytest.raises(ValueError, match="method.rank: 2 there, 8 here"):
-        check_same_training(tmp_path, compose_config("model=tiny", "method.rank=8", f"run_dir={tmp_path}"))
+    assert plan(tmp_path, reuse).action == "skip"
+    with pytest.raises(FolderRefused, match="method.rank: 2 there, 8 here"):
+        plan(tmp_path, compose_config("model=tiny", "method.rank=8", f"run_dir={tmp_path}"))
 
 
 def test_samples_of_another_adapter_are_cleared(tmp_path):

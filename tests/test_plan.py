@@ -17,6 +17,7 @@ from para.core.fake_memory import LiveBytes, make_fake
 from para.core.sdxl_architecture import SDXL_COMPONENT_PARAMS, build_component, sdxl_config
 from para.run import plan
 from para.run.plan_count import count_sampling, count_training
+from para.run.preflight import PreflightError
 from para.run.runner import execute
 
 CPU = torch.device("cpu")
@@ -118,8 +119,8 @@ def test_check_refuses_a_run_that_cannot_fit_and_names_what_would(dreambooth_tin
                     f"run_dir={tmp_path / 'run'}")  # fmt: skip
     (problem,) = plan.check(cfg)
     assert "train.optimizer=adafactor" in problem and "plan.gpu_memory_gb" in problem
-    with pytest.raises(plan.PlanError, match="resource plan refuses"):
-        execute(cfg)
+    with pytest.raises(PreflightError, match=r"\[memory\] dreambooth needs .* Options that fit: .*adafactor"):
+        execute(cfg)  # the preflight's memory check (also `device`: this machine has no card; listed at once)
     assert not (tmp_path / "run").exists()  # refused before anything was loaded or written
     assert plan.check(compose_config(*QUICK, f"run_dir={tmp_path / 'ok'}", "plan.cache_dir=null")) == []
 

@@ -126,9 +126,9 @@ def test_resume_after_sigkill_gives_the_same_adapter_and_losses(tmp_path, method
 
 
 def test_data_root_setting_is_used(quick_cfg, tmp_path):
-    from para.core.data import DataError
+    from para.run.preflight import PreflightError
 
-    with pytest.raises(DataError, match="data.root"):
+    with pytest.raises(PreflightError, match="data.root"):
         execute(quick_cfg(f"data.root={tmp_path / 'nowhere'}"))
     assert not (tmp_path / "run").exists()
     assert DATA_ROOT.is_dir()

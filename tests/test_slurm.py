@@ -194,7 +194,7 @@ def serial_sweep(tmp_path_factory):
     for photo in sorted((DATA_ROOT / "cat").iterdir())[:3]:
         (root / "cat" / photo.name).symlink_to(photo)
     (root / "cat" / "99.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG after all")
-    break_cell(tmp / "runs/para/duck_toy")
+    break_cell(tmp / "runs/para/duck_toy", *FAST, "method=para", "subject=duck_toy", f"data.root={root}")
     args = [
         *_launcher(tmp, array_parallelism=1),
         *FAST,

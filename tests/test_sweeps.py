@@ -20,7 +20,7 @@ from para.tracking.sweep import SweepReport
 def test_failed_cells_are_reported_at_the_end_and_do_not_stop_the_others(tmp_path):
     # dog: trains; cat: no photos under data.root (fails before its run folder exists); duck_toy: corrupt adapter
     data = data_root(tmp_path, "dog", "duck_toy")
-    break_cell(tmp_path / "runs/para/duck_toy")
+    break_cell(tmp_path / "runs/para/duck_toy", *FAST, "method=para", "subject=duck_toy", f"data.root={data}")
     args = [*FAST, "method=para", "subject=cat,dog,duck_toy", f"data.root={data}"]
     proc = multirun(tmp_path, *args)
     out = proc.stdout + proc.stderr
@@ -110,12 +110,12 @@ def test_single_runs_write_no_sweep_records(tmp_path):
 def test_submitit_local_sweep_with_wandb_two_methods_two_subjects_one_broken_cell(tmp_path):
     """The issue's acceptance run: 2 methods x 2 subjects through hydra-submitit-launcher (local processes),
     W&B offline, real scoring with random-weight backbones (scores meaningless, flagged), one broken cell."""
-    break_cell(tmp_path / "runs/lora/cat")
     args = [
         "method=para,lora", "subject=dog,cat", "model=tiny", "steps=2", "resume=true", "logger=wandb",
         "train.log_every=1", "logger.sample_every=1", "logger.sample_prompts=1", "sample.num_prompts=1",
         "sample.images_per_prompt=1", "sample.steps=2", "eval.backbones=random", f"data.root={DATA_ROOT}",
     ]  # fmt: skip
+    break_cell(tmp_path / "runs/lora/cat", *args[2:], "method=lora", "subject=cat")
     launcher = ["hydra/launcher=processes", f"hydra.launcher.submitit_folder={tmp_path}/submitit/%j"]
     proc = multirun(tmp_path, *launcher, *args)
     out = proc.stdout + proc.stderr

@@ -100,9 +100,10 @@ def test_dry_run_offline_lists_the_cached_files_and_sizes(tmp_path, monkeypatch,
     (repo / "refs" / "main").write_text("0" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert weights.main(
-        ["--dry-run", "model.variant=fp16", f"eval.dino={tmp_path}", f"eval.clip_score_model={tmp_path}"]
-    ) == 0
+    assert (
+        weights.main(["--dry-run", "model.variant=fp16", f"eval.dino={tmp_path}", f"eval.clip_score_model={tmp_path}"])
+        == 0
+    )
     out = capsys.readouterr().out
     listed = set(re.findall(r"^ +\S+ B  (\S+)  \(cached\)$", out, flags=re.M))
     assert listed == expected("fp16")

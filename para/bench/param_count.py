@@ -24,6 +24,7 @@ import pandas as pd
 from torch import nn
 
 from para.adapter import effective_rank
+from para.core.io import atomic_write_text
 from para.core.sdxl_architecture import SDXL_TOTAL_PARAMS, build_sdxl_unet_meta
 from para.core.subsets import select_modules
 from para.layers import out_features
@@ -213,13 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "param_count.csv", index=False)
+    atomic_write_text(out / "param_count.csv", df.to_csv(index=False))  # whole files: parallel makes may race
     methods = method_table(model)
-    methods.to_csv(out / "methods.csv", index=False)
+    atomic_write_text(out / "methods.csv", methods.to_csv(index=False))
     md += "\n\n## Every method with its defaults (conf/method/*.yaml), SDXL UNet\n\n" + methods.to_markdown(
         index=False, intfmt=","
     )
-    (out / "param_count.md").write_text(md)
+    atomic_write_text(out / "param_count.md", md)
     print(md)
     print(f"wrote {out / 'param_count.csv'} and {out / 'param_count.md'}")
     return 0

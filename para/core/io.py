@@ -43,6 +43,16 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return _atomic_write(path, write)
 
 
+def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> Path:
+    """`write(f)` into a binary file object, then renamed over `path` (e.g. `image.save(f, format="PNG")`)."""
+
+    def write_file(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    return _atomic_write(path, write_file)
+
+
 def atomic_write_json(path: Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 

@@ -113,10 +113,20 @@ class Method:
         return []
 
 
+def check_range(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise ValueError naming the setting, its value and what it accepts, unless `ok`."""
+    if not ok:
+        raise ValueError(f"{key}={value!r} is out of range; expected {allowed}")
+
+
 def check_rank(cfg: Any) -> None:
     """`method.rank` must be a positive integer (every low-rank method's first check)."""
-    if cfg.rank <= 0:
-        raise ValueError(f"method.rank={cfg.rank} is out of range; expected an integer > 0")
+    check_range(cfg.rank > 0, "method.rank", cfg.rank, "an integer > 0")
+
+
+def check_alpha(cfg: Any) -> None:
+    """`method.alpha`: null (= rank, scale 1) or > 0 (a negative alpha would flip the adapter's update)."""
+    check_range(cfg.alpha is None or cfg.alpha > 0, "method.alpha", cfg.alpha, "null (= rank) or a number > 0")
 
 
 def read_adapter_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:

@@ -102,16 +102,12 @@ def clip_tokenizer() -> CLIPTokenizer:
     return tokenizer
 
 
-def build_random_models(kind: str, seed: int = 0) -> dict[str, torch.nn.Module]:
-    """The UNet, VAE and both text encoders of an SDXL-shaped model with random weights (`kind` = tiny | small),
-    deterministic in `seed`; under `torch.device("meta")` they have every shape and no memory (`para.run.plan`)."""
-    if kind not in RANDOM_SHAPES:
-        raise ValueError(f"unknown random model kind {kind!r}; expected one of {sorted(RANDOM_SHAPES)}")
+def random_unet_config(kind: str) -> dict:
+    """UNet2DConditionModel arguments of the SDXL-shaped random model `kind` (tiny | small)."""
     shape = RANDOM_SHAPES[kind]
-    torch.manual_seed(seed)
     text1, text2 = shape["text"]
     time_dim = 8
-    unet = UNet2DConditionModel(
+    return dict(
         sample_size=shape["unet"][0] // 8,
         block_out_channels=shape["unet"],
         layers_per_block=shape["layers"],
@@ -126,6 +122,27 @@ def build_random_models(kind: str, seed: int = 0) -> dict[str, torch.nn.Module]:
         cross_attention_dim=text1 + text2,  # SDXL: 768 + 1280 = 2048
         norm_num_groups=32,
     )
+
+
+def build_unet_meta(model_cfg) -> torch.nn.Module:
+    """The model's UNet on the meta device (every shape, no memory, no weights): SDXL's for pretrained weights."""
+    if model_cfg.kind == "pretrained":
+        from para.core.sdxl_architecture import build_sdxl_unet_meta
+
+        return build_sdxl_unet_meta()
+    with torch.device("meta"):
+        return UNet2DConditionModel(**random_unet_config(model_cfg.kind))
+
+
+def build_random_models(kind: str, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """The UNet, VAE and both text encoders of an SDXL-shaped model with random weights (`kind` = tiny | small),
+    deterministic in `seed`; under `torch.device("meta")` they have every shape and no memory (`para.run.plan`)."""
+    if kind not in RANDOM_SHAPES:
+        raise ValueError(f"unknown random model kind {kind!r}; expected one of {sorted(RANDOM_SHAPES)}")
+    shape = RANDOM_SHAPES[kind]
+    torch.manual_seed(seed)
+    text1, text2 = shape["text"]
+    unet = UNet2DConditionModel(**random_unet_config(kind))
     vae = AutoencoderKL(
         block_out_channels=list(shape["vae"]),
         in_channels=3,
@@ -237,7 +254,7 @@ def load_pretrained_pipeline(
         except Exception as err:  # noqa: BLE001 - hub/IO errors come in many types; all mean "not loadable"
             where = "local cache" if local_only else "model hub"
             attempts.append(f"{path} from the {where}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-    raise ModelLoadError(_missing_weights_message(path, attempts, single_file=is_file and not config_path))
+    raise ModelLoadError(missing_weights_message(path, attempts, single_file=is_file and not config_path))
 
 
 def _offline() -> bool:
@@ -251,7 +268,7 @@ def check_weights_available(path: str, revision: str | None = None) -> None:
         raise ModelLoadError(f"{path}: .ckpt files are pickles and are not loaded; convert to .safetensors first")
     if path.endswith(".safetensors"):
         if not Path(path).is_file():
-            raise ModelLoadError(_missing_weights_message(path, [f"{path}: no such file"]))
+            raise ModelLoadError(missing_weights_message(path, [f"{path}: no such file"]))
         return
     if Path(path).is_dir() or not _offline():
         return
@@ -259,7 +276,7 @@ def check_weights_available(path: str, revision: str | None = None) -> None:
 
     if not isinstance(try_to_load_from_cache(path, "model_index.json", revision=revision), str):
         tried = f"{path} from the local cache: not there (HF_HUB_OFFLINE=1: the hub is not asked)"
-        raise ModelLoadError(_missing_weights_message(path, [tried]))
+        raise ModelLoadError(missing_weights_message(path, [tried]))
 
 
 def check_model_available(model_cfg) -> None:
@@ -273,10 +290,10 @@ def _load_vae(vae_path: str, dtype: torch.dtype, offline: bool) -> AutoencoderKL
         return AutoencoderKL.from_pretrained(vae_path, dtype=dtype, local_files_only=offline)
     except Exception as err:  # noqa: BLE001 - as above
         message = f"model.vae_path={vae_path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
-        raise ModelLoadError(_missing_weights_message(vae_path, [message])) from err
+        raise ModelLoadError(missing_weights_message(vae_path, [message])) from err
 
 
-def _missing_weights_message(path: str, attempts: list[str], single_file: bool = False) -> str:
+def missing_weights_message(path: str, attempts: list[str], single_file: bool = False) -> str:
     tried = "\n".join(f"  - {a}" for a in attempts)
     configs = (
         "  - a single file needs the pipeline's configs and tokenizers (offline too): "

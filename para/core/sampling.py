@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionXLPipeline
+from PIL import Image
 from tqdm.auto import tqdm
 
-from para.core.io import atomic_write_json, read_json
+from para.core.io import atomic_write_bytes, atomic_write_json, read_json
 
 
 @dataclass
@@ -96,9 +97,18 @@ def generate(
 
 
 def _save_png(image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
+    # A temp name of its own per writer: parallel runs fill the shared class-image cache with the same files.
+    atomic_write_bytes(path, lambda f: image.save(f, format="PNG"))
+
+
+def valid_image(path: Path, size: int | None = None) -> bool:
+    """Whether `path` decodes in full (and is `size` × `size` when given): a cache entry to trust."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return size is None or image.size == (size, size)
+    except Exception:  # noqa: BLE001 - Pillow raises many types for broken files; all mean "make it again"
+        return False
 
 
 def read_prompts(samples_dir: Path) -> list[dict]:

@@ -35,9 +35,19 @@ ADAPTABLE_TYPES = (nn.Linear, nn.Conv2d)
 
 
 def check_subset(subset: Any) -> None:
-    """Refuse an unknown subset name early (before any model is built); lists of regexes are checked on use."""
+    """Refuse an unknown subset name or a broken regex early (before any model is built); whether the patterns
+    match any layer is checked where the model is known (para.run.preflight, on the model's architecture)."""
     if isinstance(subset, str) and subset not in SUBSETS:
         raise ValueError(f"unknown layer subset {subset!r}; expected one of {sorted(SUBSETS)} or a list")
+    if not isinstance(subset, str):
+        subset_patterns(subset)
+
+
+def _compile(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"method.subset pattern {pattern!r} is not a regular expression: {err}") from None
 
 
 def subset_patterns(subset: str | Iterable[str]) -> list[str]:
@@ -52,7 +62,7 @@ def subset_patterns(subset: str | Iterable[str]) -> list[str]:
     if not patterns:
         raise ValueError("layer subset is an empty list; give a subset name or at least one regex")
     for pattern in patterns:
-        re.compile(pattern)
+        _compile(pattern)
     return patterns
 
 

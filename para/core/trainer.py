@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from tqdm.auto import tqdm
 
-from para.core.checkpoint import latest_checkpoint, save_checkpoint
+from para.core.checkpoint import checkpoint_interval, latest_checkpoint, save_checkpoint
 from para.core.conditioning import Conditioning, SubjectLatents, encode_prompt
+from para.core.interrupts import RunInterrupted, deferred
 from para.core.memory import peak_mb, reset_peak
 from para.core.method import Method
 from para.core.residency import Offload
@@ -44,6 +45,7 @@ class TrainResult:
     peak_memory_mb: float
     resumed_from: int | None
     step_seconds: list[float] = field(default_factory=list)
+    checkpoint_every: int = 0  # the interval used (train.checkpoint_every, or its automatic value)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -103,6 +105,10 @@ class Trainer:
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup > 0 else 1.0
         )
+        # null: by the size of what a checkpoint holds (small adapters often, a full UNet rarely)
+        every = tc.checkpoint_every
+        self.checkpoint_every = checkpoint_interval(params, tc.optimizer) if every is None else every
+        self.last_grad_norm = float("nan")
         self.amp_dtype = autocast_dtype(tc.mixed_precision, self.device)
         # fp16 autocast needs loss scaling on every device (torch.amp's default device is CUDA: on a CPU it would
         # silently disable itself and fp16 runs here would not rehearse the GPU path).
@@ -162,7 +168,7 @@ class Trainer:
         prior: tuple[SubjectLatents, str] | None = None,
         callbacks: list[StepCallback] = (),
     ) -> TrainResult:
-        cfg, tc = self.cfg, self.cfg.train
+        cfg = self.cfg
         cond = encode_prompt(self.pipe, prompt, resolution)
         prior_cond = encode_prompt(self.pipe, prior[1], resolution) if prior else None
         start, losses, resumed_from = self._resume() if cfg.resume else (0, [], None)
@@ -181,48 +187,37 @@ class Trainer:
             dynamic_ncols=True,
             disable=None,
         )
-        for step in bar:
-            t_step = time.perf_counter()
-            generator = step_generator(cfg.seed, step)
-            if self.train_text or not tc.cache_latents:  # uncached: also measures what caching saves
-                cond = encode_prompt(self.pipe, prompt, resolution, grad=self.train_text)
-            latents, time_ids = self._draw(instance, generator)
-            loss = self._loss(latents, cond, generator, time_ids)
-            if prior:
-                latents, time_ids = self._draw(prior[0], generator)
-                loss = loss + tc.prior_loss_weight * self._loss(latents, prior_cond, generator, time_ids)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} at step {step}; lower method.lr (now {cfg.method.lr}), "
-                    "use train.mixed_precision=bf16 instead of fp16, or keep train.grad_clip on"
-                )
-            self.scaler.scale(loss).backward()
-            grad_norm = self._clip()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            # Gradients are dead once applied: freed now, not at the next step, so validation grids, checkpoints
-            # and the sampling after the last step never hold them (DreamBooth on SDXL: 10 GB).
-            self.optimizer.zero_grad(set_to_none=True)
-            self.lr_schedule.step()
-            losses.append(loss.item())
-            step_seconds.append(time.perf_counter() - t_step)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            metrics = {
-                "train/loss": losses[-1],
-                "train/lr": self.lr_schedule.get_last_lr()[0],
-                "train/grad_norm": grad_norm,
-                "train/step_seconds": step_seconds[-1],
-            }
-            for callback in callbacks:
-                callback(step + 1, metrics)
-            done = step + 1
-            if self.checkpoint_dir and tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < cfg.steps:
+        done, text = start, (prompt, resolution, cond)
+        try:
+            for step in bar:
+                with deferred():  # SIGTERM / Ctrl-C mid-step: the step ends first, then a checkpoint is saved
+                    step_seconds.append(self._step(step, instance, text, prior, prior_cond, losses))
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                    metrics = {
+                        "train/loss": losses[-1],
+                        "train/lr": self.lr_schedule.get_last_lr()[0],
+                        "train/grad_norm": self.last_grad_norm,
+                        "train/step_seconds": step_seconds[-1],
+                    }
+                    for callback in callbacks:
+                        callback(step + 1, metrics)
+                    done = step + 1
+                    every = self.checkpoint_every
+                    if self.checkpoint_dir and every and done % every == 0 and done < cfg.steps:
+                        self.save_checkpoint(done, losses)
+        except RunInterrupted as stop:
+            saved = self.checkpoint_dir and (self.checkpoint_dir / f"step{done:06d}").is_dir()
+            if stop.at_boundary and self.checkpoint_dir and done > start and not saved:
+                log.warning("interrupted after step %d: saving a checkpoint to continue from", done)
                 self.save_checkpoint(done, losses)
+            raise
         self.unet.eval()
         if self.offload.parked:
             self.offload.restore()
         wall = time.perf_counter() - t0
-        return TrainResult(losses, wall, peak_mb(self.device) or 0.0, resumed_from, step_seconds)
+        return TrainResult(
+            losses, wall, peak_mb(self.device) or 0.0, resumed_from, step_seconds, self.checkpoint_every
+        )
 
     def _draw(self, latents: SubjectLatents, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         if hasattr(latents, "draw"):
@@ -235,6 +230,36 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer.state.clear()
 
+    def _step(self, step: int, instance, text, prior, prior_cond, losses: list[float]) -> float:
+        """One optimizer step; appends its loss to `losses`, returns its wall time. `text`: (prompt, resolution,
+        its cached conditioning)."""
+        cfg, tc = self.cfg, self.cfg.train
+        prompt, resolution, cond = text
+        t_step = time.perf_counter()
+        generator = step_generator(cfg.seed, step)
+        if self.train_text or not tc.cache_latents:  # uncached: also measures what caching saves
+            cond = encode_prompt(self.pipe, prompt, resolution, grad=self.train_text)
+        latents, time_ids = self._draw(instance, generator)
+        loss = self._loss(latents, cond, generator, time_ids)
+        if prior:
+            latents, time_ids = self._draw(prior[0], generator)
+            loss = loss + tc.prior_loss_weight * self._loss(latents, prior_cond, generator, time_ids)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at step {step}; lower method.lr (now {cfg.method.lr}), "
+                "use train.mixed_precision=bf16 instead of fp16, or keep train.grad_clip on"
+            )
+        self.scaler.scale(loss).backward()
+        self.last_grad_norm = self._clip()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        # Gradients are dead once applied: freed now, not at the next step, so validation grids, checkpoints and
+        # the sampling after the last step never hold them (DreamBooth on SDXL: 10 GB).
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_schedule.step()
+        losses.append(loss.item())
+        return time.perf_counter() - t_step
+
     def _clip(self) -> float:
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip else math.inf
@@ -246,16 +271,17 @@ class Trainer:
             step,
             self.method.state_dict(self.unet),
             self.optimizer.state_dict(),
-            {"losses": losses},
+            {"losses": losses, "method": self.method.name, "steps": self.cfg.steps},
             self.cfg.train.keep_checkpoints,
         )
 
     def _resume(self) -> tuple[int, list[float], int | None]:
         found = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
         if found is None:
-            log.info("resume=true but no readable checkpoint in %s: starting from step 0", self.checkpoint_dir)
+            log.info("no readable checkpoint in %s: training from step 0", self.checkpoint_dir)
             return 0, [], None
         path, (trainable, optimizer, extra) = found
+        check_resumable(path, extra, self.method.name, self.cfg.steps)
         self.method.load_state_dict(self.unet, trainable)
         self.optimizer.load_state_dict(optimizer)
         step = int(extra["step"])
@@ -263,3 +289,15 @@ class Trainer:
             self.lr_schedule.step()
         log.info("resumed from %s (step %d)", path, step)
         return step, list(extra["losses"]), step
+
+
+def check_resumable(path: Path, extra: dict[str, Any], method: str, steps: int) -> None:
+    """Refuse a checkpoint of another method, or one already past `steps`, naming both sides."""
+    saved_method = extra.get("method", method)  # checkpoints written before the method was recorded
+    if saved_method != method:
+        raise TrainingError(f"checkpoint {path} is of method {saved_method!r}, but this run trains {method!r}")
+    if int(extra["step"]) > steps:
+        raise TrainingError(
+            f"checkpoint {path} is at step {extra['step']}, past this run's steps={steps}: continuing would record "
+            f"a run of {extra['step']} steps as one of {steps}"
+        )

@@ -8,12 +8,15 @@ type (`steps=abc`) fails at composition time with Hydra's message, and out-of-ra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from para.core.method import check_range
 
 
 @dataclass
@@ -67,7 +70,9 @@ class TrainConfig:
     compile: bool = False
     compile_backend: str = "inductor"  # any of torch._dynamo.list_backends(), e.g. aot_eager to debug tracing
     cache_latents: bool = True  # encode the few photos and the prompt once; the VAE/text encoders are frozen
-    checkpoint_every: int = 0  # steps between resumable checkpoints; 0 = only at the end of training
+    # Steps between resumable checkpoints; null = by the checkpoint's size (every 50 steps for adapters, every 500
+    # for DreamBooth's full UNet: para.core.checkpoint); 0 = none. SIGTERM / Ctrl-C also save one.
+    checkpoint_every: int | None = None
     keep_checkpoints: int = 2
     # Checkpoints only resume training: they are removed once the adapter is saved (DreamBooth on SDXL: ~31 GB
     # each). true keeps them.
@@ -76,7 +81,8 @@ class TrainConfig:
     prior_loss_weight: float = 0.0  # >0 adds DreamBooth prior preservation with generated class images
     num_class_images: int = 50
     class_prompt_template: str = "a photo of {class_word}"
-    class_images_dir: str = "runs/class_images"  # shared cache: <dir>/<model>/<class>/, reused by later runs
+    # shared cache, reused by later runs: <dir>/<model>/<class>/seed<k>-<digest of how the images are made>/
+    class_images_dir: str = "runs/class_images"
 
 
 @dataclass
@@ -140,8 +146,9 @@ class Config:
     steps: int = 200  # paper: PaRa at 200 steps; baselines at 1000 (conf/experiment/table1.yaml)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    resume: bool = False  # continue from the run folder's last checkpoint
-    overwrite: bool = False  # replace a finished run folder (otherwise a finished run is left untouched)
+    resume: bool = True  # continue an unfinished run folder with the same settings (false: refuse to)
+    overwrite: bool = False  # replace what the harness wrote in the run folder (else finished runs are kept)
+    lock_wait: float = 120.0  # seconds to wait for another process holding the run folder, then refuse (0: at once)
     run_dir: str = MISSING
     experiment: Any = None  # parameters of an `experiments/` command, set by conf/experiment/<name>.yaml
 
@@ -178,15 +185,6 @@ def compose_config(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{key}={value!r} is out of range; expected {allowed}")
-
-
-def _check_choice(key: str, value: Any, choices: list[str] | tuple[str, ...]) -> None:
-    _check(value in choices, key, value, f"one of {sorted(choices)}")
-
-
 def compile_backends() -> list[str]:
     """torch.compile's registered backends (imports torch._dynamo: only called when compiling is asked for)."""
     import torch._dynamo
@@ -194,37 +192,99 @@ def compile_backends() -> list[str]:
     return torch._dynamo.list_backends(exclude_tags=())
 
 
-def validate(cfg: DictConfig) -> None:
-    """Range checks Hydra's type system cannot express. Raises ValueError naming key, value and range."""
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: v >= low
+
+
+def _optional(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or ok(v)
+
+
+def _multiple_of_8(v: Any) -> bool:
+    return v > 0 and v % 8 == 0
+
+
+# Every numeric setting of the schemas above and the values it accepts (tests/test_config.py checks none is
+# missing). Method settings are checked by each method's `validate_config`.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "steps": (_positive, "an integer > 0"),
+    "seed": (_at_least(0), "an integer >= 0"),
+    "lock_wait": (_at_least(0), "seconds >= 0"),
+    "model.resolution": (_multiple_of_8, "a positive multiple of 8 (the VAE downsamples 8x)"),
+    "model.init_seed": (_at_least(0), "an integer >= 0"),
+    "data.flip_p": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
+    "data.min_image_side": (_at_least(1), "an integer >= 1"),
+    "train.batch_size": (_positive, "an integer > 0"),
+    "train.weight_decay": (_at_least(0), ">= 0 (a negative decay grows the weights)"),
+    "train.warmup_steps": (_at_least(0), ">= 0"),
+    "train.grad_clip": (_optional(_positive), "null (no clipping) or a norm > 0 (a negative one flips the gradients)"),
+    "train.checkpoint_every": (_optional(_at_least(0)), "null (automatic), 0 (none) or a number of steps"),
+    "train.keep_checkpoints": (_at_least(1), "an integer >= 1"),
+    "train.log_every": (_at_least(1), "an integer >= 1"),
+    "train.prior_loss_weight": (_at_least(0), ">= 0 (0 = no prior preservation)"),
+    "train.num_class_images": (_at_least(1), "an integer >= 1"),
+    "sample.steps": (_positive, "> 0"),
+    "sample.guidance": (_at_least(0), ">= 0 (values <= 1 sample without classifier-free guidance)"),
+    "sample.resolution": (_optional(_multiple_of_8), "null (= model.resolution) or a positive multiple of 8"),
+    "sample.num_prompts": (_optional(lambda v: 1 <= v <= 25), "null (all) or 1..25"),
+    "sample.images_per_prompt": (_positive, "> 0"),
+    "sample.batch_size": (_positive, "> 0"),
+    "eval.lpips_size": (_at_least(64), "an integer >= 64 (LPIPS' AlexNet/VGG trunks need that much)"),
+    "eval.batch_size": (_at_least(1), "an integer >= 1"),
+    "logger.sample_every": (_at_least(0), ">= 0 (0 = off)"),
+    "logger.sample_prompts": (lambda v: 1 <= v <= 25, "1..25"),
+    "method.lr": (_positive, "a learning rate > 0"),
+    "plan.gpu_memory_gb": (_optional(_positive), "null (detect) or a size in GB > 0"),
+    "plan.reserve_gb": (_at_least(0), ">= 0"),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.optimizer": ("adamw", "adamw8bit", "adafactor"),
+    "train.mixed_precision": ("auto", "bf16", "fp16", "no"),
+    "model.kind": ("pretrained", "tiny", "small"),
+    "subject.kind": ("live", "object"),
+    "data.original_size": ("photo", "resolution"),
+    "sample.scheduler": ("ddim", "default"),
+    "eval.backbones": ("pretrained", "random"),
+    "logger.name": ("none", "wandb"),
+}
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    """Every out-of-range value of `cfg`, each naming key, value and allowed range (empty: all fine)."""
     from para.run.registry import METHODS
 
-    _check_choice("method.name", cfg.method.name, list(METHODS))
-    _check(cfg.steps > 0, "steps", cfg.steps, "an integer > 0")
-    _check(cfg.train.batch_size > 0, "train.batch_size", cfg.train.batch_size, "an integer > 0")
-    _check(cfg.method.lr > 0, "method.lr", cfg.method.lr, "a learning rate > 0")
-    _check(cfg.train.warmup_steps >= 0, "train.warmup_steps", cfg.train.warmup_steps, ">= 0")
-    _check(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", cfg.train.checkpoint_every, ">= 0")
-    _check(0.0 <= cfg.data.flip_p <= 1.0, "data.flip_p", cfg.data.flip_p, "a probability in [0, 1]")
-    _check_choice("train.optimizer", cfg.train.optimizer, ("adamw", "adamw8bit", "adafactor"))
-    _check_choice("train.mixed_precision", cfg.train.mixed_precision, ("auto", "bf16", "fp16", "no"))
-    if cfg.train.compile:
-        _check_choice("train.compile_backend", cfg.train.compile_backend, tuple(compile_backends()))
-    _check_choice("model.kind", cfg.model.kind, ("pretrained", "tiny", "small"))
-    _check_choice("subject.kind", cfg.subject.kind, ("live", "object"))
-    _check_choice("data.original_size", cfg.data.original_size, ("photo", "resolution"))
-    _check_choice("sample.scheduler", cfg.sample.scheduler, ("ddim", "default"))
-    _check_choice("eval.backbones", cfg.eval.backbones, ("pretrained", "random"))
-    _check_choice("logger.name", cfg.logger.name, ("none", "wandb"))
-    for key in ("model.resolution", "sample.resolution"):
+    problems = []
+
+    def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+        try:
+            check_range(ok, key, value, allowed)
+        except ValueError as err:
+            problems.append(str(err))
+
+    for key, (ok, allowed) in RANGES.items():
         value = OmegaConf.select(cfg, key)
-        if value is not None:
-            _check(value > 0 and value % 8 == 0, key, value, "a positive multiple of 8 (the VAE downsamples 8x)")
-    _check(cfg.sample.images_per_prompt > 0, "sample.images_per_prompt", cfg.sample.images_per_prompt, "> 0")
-    _check(cfg.sample.steps > 0, "sample.steps", cfg.sample.steps, "> 0")
-    _check(cfg.sample.batch_size > 0, "sample.batch_size", cfg.sample.batch_size, "> 0")
-    gpu_gb = cfg.plan.gpu_memory_gb
-    _check(gpu_gb is None or gpu_gb > 0, "plan.gpu_memory_gb", gpu_gb, "null (detect) or a size in GB > 0")
-    _check(cfg.plan.reserve_gb >= 0, "plan.reserve_gb", cfg.plan.reserve_gb, ">= 0")
-    if cfg.sample.num_prompts is not None:
-        _check(1 <= cfg.sample.num_prompts <= 25, "sample.num_prompts", cfg.sample.num_prompts, "1..25")
-    METHODS[cfg.method.name].validate_config(cfg.method)
+        check(ok(value), key, value, allowed)
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        check(value in choices, key, value, f"one of {sorted(choices)}")
+    check(cfg.method.name in METHODS, "method.name", cfg.method.name, f"one of {sorted(METHODS)}")
+    if cfg.train.compile:
+        backends = compile_backends()
+        check(cfg.train.compile_backend in backends, "train.compile_backend", cfg.train.compile_backend, str(backends))
+    if cfg.method.name in METHODS:
+        try:
+            METHODS[cfg.method.name].validate_config(cfg.method)
+        except ValueError as err:
+            problems.append(str(err))
+    return problems
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range checks Hydra's type system cannot express. Raises ValueError naming every bad key, value and range."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ValueError("; ".join(problems))

@@ -8,8 +8,8 @@ photos, training, sampling) against 24/40/80 GB cards, checkpoint size × how ma
 Table 1 cell and of the whole table → a table on screen and `runs/plan/plan.{json,md}`.
 
 `check(cfg)` is the same plan for one run on its own device (`plan.gpu_memory_gb`, or detected; on a CPU the
-available RAM) and the free disk of its run folder: the runner calls it before loading the model and refuses a
-run that cannot fit, naming the options that would (`fitting_options`).
+available RAM) and the free disk of its run folder. Every run's preflight (para.run.checks `memory` and `disk`)
+refuses, before anything loads, a run that cannot fit, naming the options that would (`fitting_options`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from para.core.checkpoint import interval_for_size
 from para.core.io import write_results
 from para.core.memory import current_mb
 from para.core.models import resolve_device, resolve_dtype
@@ -53,10 +54,6 @@ OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-class PlanError(ValueError):
-    """The run cannot fit this machine's memory or disk; the message names the options that would."""
-
-
 def setting_of(cfg: DictConfig, device: torch.device) -> Setting:
     """What memory depends on in `cfg`, with `auto` resolved for `device`."""
     amp = autocast_dtype(cfg.train.mixed_precision, device)
@@ -75,16 +72,18 @@ def setting_of(cfg: DictConfig, device: torch.device) -> Setting:
     )
 
 
-def checkpoints_written(cfg: DictConfig) -> int:
-    """The trainer saves at every multiple of `checkpoint_every` before the last step."""
+def checkpoints_written(cfg: DictConfig, checkpoint_bytes: int) -> int:
+    """The trainer saves at every multiple of `checkpoint_every` before the last step (null: the interval the
+    trainer picks for checkpoints of this size)."""
     every = cfg.train.checkpoint_every
+    every = interval_for_size(checkpoint_bytes) if every is None else every
     return (cfg.steps - 1) // every if every else 0
 
 
 def disk(cfg: DictConfig, counts) -> dict[str, float]:
     """Bytes a run writes: adapter, samples (raw RGB size: an upper bound for PNG), checkpoints."""
     checkpoint = counts.checkpoint_trainable + counts.optimizer_state[cfg.train.optimizer]
-    written, keep = checkpoints_written(cfg), cfg.train.keep_checkpoints
+    written, keep = checkpoints_written(cfg, checkpoint), cfg.train.keep_checkpoints
     kept = written if keep <= 0 else min(written, keep)
     at_once = written if keep <= 0 else min(written, keep + 1)  # a new one is complete before old ones go
     prompts = cfg.sample.num_prompts or 25
@@ -233,44 +232,45 @@ def _meminfo_kib(field: str) -> int | None:
     return None
 
 
-def check(cfg: DictConfig, run_dir: Path | None = None) -> list[str]:
-    """Problems that stop `cfg` from fitting its device or disk (empty when it fits), each naming the way out."""
+def memory_problem(cfg: DictConfig, record: dict[str, Any]) -> str | None:
+    """Why the run of plan `record` cannot fit its device's memory, naming the options that would; or None."""
     device = resolve_device(cfg.device)
-    plan = estimate(cfg, device)
-    problems = []
     budget, what = memory_budget_gb(cfg, device)
-    if plan["total_gb"] > budget:
-        options = fitting_options(cfg, device, budget)
-        bigger = "a larger card" if device.type == "cuda" else "a machine with more free RAM"
-        ways = "; ".join(options) if options else f"none of the plan's options; use {bigger}"
-        problems.append(
-            f"{cfg.method.name} needs ~{plan['total_gb']:.1f} GiB of {device.type} memory at its peak "
-            f"({plan['peak_phase']}), {what} has {budget:.1f} GiB. Options that fit: {ways}"
-        )
-    folder = Path(run_dir or cfg.run_dir).resolve()
-    while not folder.exists():
-        folder = folder.parent
-    free = shutil.disk_usage(folder).free / GIB
-    if plan["disk_peak_gb"] > free:
-        problems.append(
-            f"the run writes up to {plan['disk_peak_gb']:.1f} GiB (checkpoints {plan['checkpoint_gb']:.2f} GiB each), "
-            f"{folder} has {free:.1f} GiB free: free space, lower train.keep_checkpoints or train.checkpoint_every=0"
-        )
-    return problems
+    if record["total_gb"] <= budget:
+        return None
+    options = fitting_options(cfg, device, budget)
+    bigger = "a larger card" if device.type == "cuda" else "a machine with more free RAM"
+    ways = "; ".join(options) if options else f"none of the plan's options; use {bigger}"
+    return (
+        f"{cfg.method.name} needs ~{record['total_gb']:.1f} GiB of {device.type} memory at its peak "
+        f"({record['peak_phase']}), {what} has {budget:.1f} GiB. Options that fit: {ways}"
+    )
 
 
-def require_fit(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any] | None:
-    """The runner's gate: the plan record, or PlanError naming the problems (nothing when plan.check=false)."""
-    if not cfg.plan.check:
+def disk_problem(record: dict[str, Any], folder: Path, free_gb: float) -> str | None:
+    """Why the run of plan `record` cannot fit the `free_gb` of the disk of its run folder `folder`; or None."""
+    if record["disk_peak_gb"] <= free_gb:
         return None
-    try:
-        problems = check(cfg, run_dir)
-    except Exception as err:  # noqa: BLE001 - a plan that cannot count a run must not stop it; the run will tell
-        log.warning("the resource plan could not count this run (%s: %s); not checked", type(err).__name__, err)
-        return None
-    if problems:
-        raise PlanError("the resource plan refuses this run:\n  - " + "\n  - ".join(problems))
-    return estimate(cfg)
+    return (
+        f"the run writes up to {record['disk_peak_gb']:.1f} GiB (checkpoints {record['checkpoint_gb']:.2f} GiB "
+        f"each), {folder} has {free_gb:.1f} GiB free: free space, lower train.keep_checkpoints or "
+        "train.checkpoint_every=0, or put the run on a bigger disk (hydra.run.dir=...)"
+    )
+
+
+def existing_parent(path: Path) -> Path:
+    """`path`, or its nearest parent that exists (where a run folder not made yet will be)."""
+    path = Path(path).absolute()
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def check(cfg: DictConfig, run_dir: Path | None = None) -> list[str]:
+    """Problems that stop `cfg` from fitting its device or disk (empty when it fits), each naming the way out.
+    Runs check this in their preflight (para.run.checks: `memory`, `disk`)."""
+    record = estimate(cfg)
+    folder = existing_parent(Path(run_dir or cfg.run_dir))
+    found = [memory_problem(cfg, record), disk_problem(record, folder, shutil.disk_usage(folder).free / GIB)]
+    return [p for p in found if p]
 
 
 # --- `make plan` ----------------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
-"""One run: compose → load base model → train → save adapter → sample → evaluate → metrics.json.
+"""One run: check inputs → hold the run folder → load base model → train → save adapter → sample → evaluate.
 
-Stages are recorded in `metrics.json` (`stage`: trained → sampled → scored), so `resume=true` picks up after
-the last finished stage (or from the last training checkpoint), and a finished run is never redone unless
-`overwrite=true`. Every failure after the run folder exists is recorded as `status: "failed"` with the error.
-Failures before that (bad config, missing weights, bad data) leave nothing behind.
+Every input is checked before the run folder is created (para.run.preflight); the run then holds its folder's
+lock (para.core.lock) and decides, from what the folder holds, whether to start, continue, score or keep it
+(para.run.folder). Stages are recorded in `metrics.json` (`stage`: trained → sampled → scored), so a re-run
+picks up after the last finished stage (or from the last training checkpoint), and a finished run is never
+redone unless `overwrite=true`. Every failure after the run began is recorded as `status: "failed"` with the
+error; SIGTERM and Ctrl-C as `status: "interrupted"` (a checkpoint is saved when training).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,19 +22,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from para.core.checkpoint import remove_checkpoints
 from para.core.conditioning import SubjectLatents, photo_time_ids
-from para.core.data import instance_prompt, load_subject_images, load_subject_photos
-from para.core.io import atomic_write_json, atomic_write_text, read_json
+from para.core.data import instance_prompt, load_images, load_subject_photos
+from para.core.interrupts import RunInterrupted, stop_on_signals
+from para.core.io import atomic_write_json, atomic_write_text
+from para.core.lock import FolderLock
 from para.core.memory import current_mb, peak_mb, reset_peak
 from para.core.method import Method
-from para.core.models import check_model_available, load_pipeline, model_id, resolve_device
+from para.core.models import load_pipeline, model_id, resolve_device
 from para.core.prompts import evaluation_prompts
 from para.core.provenance import provenance
 from para.core.residency import Offload
-from para.core.sampling import PromptSpec, generate
+from para.core.sampling import PromptSpec, generate, image_name, valid_image
 from para.core.trainer import Trainer, TrainResult
-from para.run.config import validate
+from para.run import folder
 from para.run.model_card import write_model_card
-from para.run.plan import require_fit
+from para.run.preflight import preflight
 from para.run.registry import METHODS
 from para.tracking.loggers import artifact_name, build_logger, image_grid, log_scores, open_image, with_rate
 
@@ -59,29 +64,6 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.run_dir)
 
 
-def finished_metrics(run_dir: Path) -> dict | None:
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        metrics = read_json(path)
-    except ValueError:
-        return None
-    return metrics if metrics.get("status") == "finished" else None
-
-
-def _prepare_folder(run_dir: Path, cfg: DictConfig) -> dict | None:
-    """Previous metrics to resume from; clears an unfinished or overwritten run folder when not resuming."""
-    previous = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else None
-    if cfg.resume and previous is not None:
-        return previous
-    if run_dir.exists() and any(run_dir.iterdir()):
-        log.info("clearing previous contents of %s", run_dir)
-        for child in run_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    return None
-
-
 def sample_prompts(cfg: DictConfig) -> list[PromptSpec]:
     pairs = evaluation_prompts(cfg.subject.kind, cfg.data.token, cfg.subject.class_word)
     pairs = pairs[: cfg.sample.num_prompts] if cfg.sample.num_prompts else pairs
@@ -92,7 +74,6 @@ class Run:
     """State of one run while it executes; `execute()` is the whole pipeline."""
 
     def __init__(self, cfg: DictConfig):
-        validate(cfg)
         self.cfg = cfg
         self.run_dir = run_dir_of(cfg)
         self.resolution = cfg.model.resolution
@@ -104,33 +85,45 @@ class Run:
 
     def execute(self) -> dict:
         cfg = self.cfg
-        done = finished_metrics(self.run_dir)
-        if done is not None and not cfg.overwrite:
-            log.warning("%s holds a finished run; kept as is (overwrite=true to redo it)", self.run_dir)
-            if cfg.eval.enabled and "scores" not in done and (self.run_dir / "samples" / "prompts.json").is_file():
-                log.info("scoring its samples, which were never scored")  # e.g. trained with eval.enabled=false
-                from eval.score import score_run
+        with stop_on_signals():
+            # every input and the resource plan, before the run folder exists; raises listing all problems
+            found = preflight(cfg, self.run_dir)
+            lock = FolderLock(self.run_dir, wait_s=cfg.lock_wait).acquire()
+            began = False
+            try:
+                chosen = folder.plan(self.run_dir, cfg)  # again, under the lock: what the folder holds now
+                if chosen.action == "skip":
+                    log.warning("%s (overwrite=true to redo it)", chosen.note)
+                    return chosen.metrics
+                if chosen.action == "score":
+                    return self._score_only(chosen)
+                device = resolve_device(cfg.device)
+                torch.manual_seed(cfg.seed)
+                pipe = load_pipeline(cfg.model, device)
+                photos = load_subject_photos(
+                    cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side, cfg.data.images
+                )
+                began = True
+                previous = folder.start(self.run_dir, chosen)
+                return self._begin(previous, device, pipe, photos, found.get("resources"))
+            finally:
+                lock.release(remove_created=not began)
 
-                self.metrics = done
-                self.write_metrics(scores=score_run(self.run_dir, cfg.eval))
-                return self.metrics
-            return done
-        device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        # Everything that can fail on bad input happens before the run folder is touched. Missing weights and the
-        # resource plan first: a run that cannot fit the card or the disk is refused before its model loads.
-        check_model_available(cfg.model)
-        plan = require_fit(cfg, self.run_dir)
-        pipe = load_pipeline(cfg.model, device)
-        photos = load_subject_photos(
-            cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side, cfg.data.images
-        )
-        previous = _prepare_folder(self.run_dir, cfg)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def _score_only(self, chosen: folder.Plan) -> dict:
+        """A finished run whose samples were never scored (e.g. made with eval.enabled=false): score them."""
+        from eval.score import score_run
+
+        log.info("%s", chosen.note)
+        self.metrics = dict(chosen.metrics)
+        self.write_metrics(scores=score_run(self.run_dir, self.cfg.eval))
+        return self.metrics
+
+    def _begin(self, previous: dict | None, device: torch.device, pipe, photos, plan: dict | None) -> dict:
+        cfg = self.cfg
         config_dict = OmegaConf.to_container(cfg, resolve=True)
         atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        self.metrics = previous or {}
-        for stale in ("error", "failed_at", "interrupted_at"):  # what ended the previous attempt, now resumed
+        self.metrics = dict(previous or {})
+        for stale in ("error", "failed_at", "interrupted_at", "signal"):  # what a previous attempt recorded
             self.metrics.pop(stale, None)
         self.write_metrics(
             status="running",
@@ -156,12 +149,15 @@ class Run:
             self.write_metrics(**logger.info())
             self._pipeline(pipe, photos, logger)
             exit_code = 0
+        except (RunInterrupted, KeyboardInterrupt, SystemExit) as stop:
+            # SystemExit: submitit ends a SLURM job it requeued (preempted, or near its time limit: SIGUSR2)
+            name = stop.signal_name if isinstance(stop, RunInterrupted) else type(stop).__name__
+            exit_code = stop.exit_code if isinstance(stop, RunInterrupted) else 1
+            error = INTERRUPTED.format(err=repr(stop))
+            self.write_metrics(status="interrupted", signal=name, error=error, interrupted_at=time.time())
+            log.warning("%s: interrupted by %s; re-run the same command to continue", self.run_dir, name)
+            raise
         except BaseException as err:
-            if not isinstance(err, Exception):  # SystemExit, KeyboardInterrupt: stopped from outside, not broken
-                self.write_metrics(
-                    status="interrupted", error=INTERRUPTED.format(err=repr(err)), interrupted_at=time.time()
-                )
-                raise
             message = OOM_HINT if isinstance(err, torch.cuda.OutOfMemoryError) else f"{type(err).__name__}: {err}"
             self.write_metrics(status="failed", error=message, failed_at=time.time())
             if isinstance(err, torch.cuda.OutOfMemoryError):
@@ -279,24 +275,35 @@ class Run:
         self.write_metrics(stage="sampled", sample_info={**info, "start_memory_mb": start})
 
     def _prior(self, pipe) -> tuple[SubjectLatents, str]:
-        """Class images from the base model (generated once per model and class, cached) for prior preservation."""
-        cfg = self.cfg
+        """Class images from the base model for prior preservation, cached for every run that makes the same ones.
+
+        The cache folder `<class_images_dir>/<model>/<class>/seed<k>-<digest>` is named by everything the images
+        depend on, so a run's images are a function of its own config whoever made them first, and runs writing
+        at once write identical files (each atomically). A file that does not decode whole is made again.
+        """
+        cfg, sc = self.cfg, self.cfg.sample
         prompt = cfg.train.class_prompt_template.format(class_word=cfg.subject.class_word)
-        folder = Path(cfg.train.class_images_dir) / cfg.model.name / cfg.subject.class_word.replace(" ", "_")
-        spec = PromptSpec(0, prompt, prompt)
+        made_by = [model_id(cfg.model), cfg.model.weights_dtype, prompt, sc.steps, sc.guidance, sc.scheduler]
+        digest = hashlib.sha256(json.dumps([*made_by, self.resolution]).encode()).hexdigest()[:12]
+        class_dir = cfg.subject.class_word.replace(" ", "_")
+        images = Path(cfg.train.class_images_dir) / cfg.model.name / class_dir / f"seed{cfg.seed}-{digest}"
+        files = [images / image_name(0, i) for i in range(cfg.train.num_class_images)]
+        for broken in [f for f in files if f.exists() and not valid_image(f, self.resolution)]:
+            log.warning("class image %s is unreadable or of another size: making it again", broken)
+            broken.unlink(missing_ok=True)  # a cache entry of ours; generate() writes it again, atomically
         generate(
             pipe,
-            [spec],
-            folder,
+            [PromptSpec(0, prompt, prompt)],
+            images,
             seed=cfg.seed,
             images_per_prompt=cfg.train.num_class_images,
-            steps=cfg.sample.steps,
-            guidance=cfg.sample.guidance,
+            steps=sc.steps,
+            guidance=sc.guidance,
             resolution=self.resolution,
-            batch_size=cfg.sample.batch_size,
-            scheduler=cfg.sample.scheduler,
+            batch_size=sc.batch_size,
+            scheduler=sc.scheduler,
         )
-        pixels = load_subject_images(folder.parent, folder.name, self.resolution)
+        pixels = load_images(files, self.resolution)  # exactly these: the folder may hold more (other counts)
         return SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=True), prompt
 
 
@@ -304,6 +311,7 @@ def _train_info(result: TrainResult, method: Method) -> dict:
     steps = sorted(result.step_seconds[1:] or result.step_seconds)  # the first step pays warm-up costs
     return {
         "losses": result.losses,
+        "checkpoint_every": result.checkpoint_every,
         "wall_seconds": result.wall_seconds,
         "peak_memory_mb": result.peak_memory_mb,
         "resumed_from": result.resumed_from,

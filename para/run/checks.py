@@ -1,0 +1,254 @@
+"""The standard checks of a run before it starts (para.run.preflight runs them): each a function of a `Cell`
+returning problems, each saying what is wrong and the way out. Nothing here writes to disk.
+
+Checks a table's cells share (the method on the model, the photos of a subject, the weights and backbones) are
+remembered between cells; `forget()` drops that (`preflight()` does, so every run looks afresh).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Cell:
+    """One run to check, and what the checks work out once and share (e.g. the method on the model's UNet)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Check:
+    name: str
+    run: Callable[[Cell], Iterable[str]]
+    requires: tuple[str, ...] = ()  # checks whose failure makes this one meaningless
+
+
+STANDARD: list[Check] = []
+
+
+def standard(name: str, requires: tuple[str, ...] = ()) -> Callable:
+    def register(fn: Callable[[Cell], Iterable[str]]) -> Callable[[Cell], Iterable[str]]:
+        STANDARD.append(Check(name, fn, requires))
+        return fn
+
+    return register
+
+
+@standard("config")
+def config_ranges(cell: Cell) -> Iterable[str]:
+    from para.run.config import config_problems
+
+    return config_problems(cell.cfg)
+
+
+@standard("method", requires=("config",))
+def method_on_model(cell: Cell) -> Iterable[str]:
+    """The method attached to the model's real architecture on the meta device: a layer subset that matches no
+    layer, or a rank too large for a layer (method.gamma=null), fails here in a fraction of a second."""
+    from para.core.models import build_unet_meta, model_id
+    from para.run.registry import METHODS
+
+    cfg = cell.cfg
+    key = (OmegaConf.to_yaml(cfg.model, resolve=True), OmegaConf.to_yaml(cfg.method, resolve=True))
+    if key not in _ATTACHED:  # the same method on the same model, in many cells of a table: once
+        unet = build_unet_meta(cfg.model)
+        with torch.random.fork_rng(devices=[]):  # random initial values must not shift the run's own draws
+            try:
+                _ATTACHED[key] = METHODS[cfg.method.name](cfg.method, model_id(cfg.model)).attach(unet)
+            except ValueError as err:
+                _ATTACHED[key] = f"method {cfg.method.name} on the {cfg.model.name} UNet: {err}"
+    if isinstance(_ATTACHED[key], str):
+        return [_ATTACHED[key]]
+    cell.shared["trainable"] = _ATTACHED[key]  # meta tensors: shapes and dtypes, no memory
+    return []
+
+
+_ATTACHED: dict[tuple[str, str], list | str] = {}
+
+
+def forget() -> None:
+    """Drop what checks remember between cells (`check_cells` shares it across the cells of one table)."""
+    _ATTACHED.clear()
+    for cached in (weights_problem, _photo_problems, _missing_backbones):
+        cached.cache_clear()
+
+
+@functools.cache  # a table's cells share their base model: look (and probe the hub) once
+def weights_problem(path: str, revision: str | None = None) -> str | None:
+    """Why the weights at `path` (a local file or folder, or a hub id) cannot be loaded here, or None."""
+    from eval.hub import offline_reason
+    from para.core.models import missing_weights_message
+
+    local = Path(path).expanduser()
+    if path.endswith(".ckpt"):
+        return f"{path}: .ckpt files are pickles and are not loaded; convert to .safetensors first"
+    if local.exists():
+        return None
+    if path.endswith(".safetensors") or path.startswith(("/", ".", "~")):
+        return missing_weights_message(path, [f"{path}: no such file or folder"])
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(path, "model_index.json", revision=revision), str):
+        return None
+    if isinstance(try_to_load_from_cache(path, "config.json", revision=revision), str):
+        return None  # a single model (e.g. model.vae_path)
+    reason = offline_reason()
+    if reason is None:
+        return None  # the hub answers: the weights are downloaded when the run loads them
+    return missing_weights_message(path, [f"{path}: not in the local Hugging Face cache, and {reason}"])
+
+
+@standard("weights", requires=("config",))
+def base_weights(cell: Cell) -> Iterable[str]:
+    """The base model's weights (and a replacement VAE) are on disk, or the hub can be reached to fetch them."""
+    from para.core.models import SDXL_HUB_ID
+
+    model = cell.cfg.model
+    if model.kind != "pretrained":
+        return []
+    found = [weights_problem(model.path or SDXL_HUB_ID, model.revision)]
+    if model.vae_path:
+        found.append(weights_problem(model.vae_path))
+    return [p for p in found if p]
+
+
+@standard("photos")
+def photos(cell: Cell) -> Iterable[str]:
+    """Every photo of the subject opens and decodes (training uses them, evaluation compares with all)."""
+    from para.core.data import DataError, select_images, subject_photos
+
+    data = cell.cfg.data
+    found = list(_photo_problems(str(data.root), cell.cfg.subject.name, data.min_image_side))
+    if not found and data.images is not None:
+        try:
+            select_images(subject_photos(data.root, cell.cfg.subject.name), list(data.images))
+        except DataError as err:
+            found.append(str(err))
+    return found
+
+
+@functools.cache  # every method of a subject reads the same photos
+def _photo_problems(root: str, subject: str, min_side: int) -> tuple[str, ...]:
+    from para.core.data import photo_problems
+
+    return tuple(photo_problems(root, subject, min_side))
+
+
+@functools.cache
+def _missing_backbones(opts: Any) -> tuple[str, ...]:
+    from eval.backbones import missing_backbones
+
+    return tuple(missing_backbones(opts))
+
+
+@standard("backbones", requires=("config",))
+def eval_backbones(cell: Cell) -> Iterable[str]:
+    cfg = cell.cfg
+    if not (cfg.sample.enabled and cfg.eval.enabled):
+        return []
+    from eval.options import EvalOptions
+
+    return list(_missing_backbones(EvalOptions.from_any(cfg.eval)))
+
+
+def device_problem(key: str, name: str) -> str | None:
+    """Why `name` (auto | cpu | cuda | cuda:N | mps) is not a device of this machine, or None."""
+    if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"{key}={name!r} is not a device; expected auto, cpu, cuda, cuda:N or mps"
+    way_out = f"use {key}=auto (a GPU when there is one, else the CPU) or {key}=cpu"
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"{key}={name!r}, but this machine has no usable CUDA GPU (torch {torch.__version__}); {way_out}"
+        if device.index is not None and device.index >= count:
+            return f"{key}={name!r}, but this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}); {way_out}"
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        return f"{key}={name!r}, but MPS is not available here; {way_out}"
+    elif device.type not in ("cpu", "cuda", "mps"):
+        return f"{key}={name!r}: the harness runs on cpu, cuda or mps"
+    return None
+
+
+@standard("device")
+def devices(cell: Cell) -> Iterable[str]:
+    cfg = cell.cfg
+    found = [device_problem("device", cfg.device)]
+    if cfg.sample.enabled and cfg.eval.enabled:
+        found.append(device_problem("eval.device", cfg.eval.device))
+    return [p for p in found if p]
+
+
+def resource_plan(cell: Cell) -> dict[str, Any] | None:
+    """The run's resource plan (para.run.plan: memory and disk, counted on the meta device), once per cell; None
+    when `plan.check=false` or when the plan cannot count this run (the run itself will tell)."""
+    if "resources" not in cell.shared:
+        cell.shared["resources"] = None
+        if cell.cfg.plan.check:
+            from para.run.plan import estimate
+
+            try:
+                cell.shared["resources"] = estimate(cell.cfg)
+            except Exception as err:  # noqa: BLE001 - a plan that cannot count a run must not stop it
+                log.warning(
+                    "the resource plan could not count this run (%s: %s); not checked", type(err).__name__, err
+                )
+    return cell.shared["resources"]
+
+
+@standard("memory", requires=("config", "method"))
+def fits_memory(cell: Cell) -> Iterable[str]:
+    """The plan's peak fits the card (`plan.gpu_memory_gb` or the one found) or, on a CPU, the RAM available."""
+    from para.run.plan import memory_problem
+
+    record = resource_plan(cell)
+    try:
+        problem = record and memory_problem(cell.cfg, record)
+    except (RuntimeError, AssertionError) as err:  # no such device here: the `device` check names it
+        log.info("memory not checked: %s", err)
+        return []
+    return [problem] if problem else []
+
+
+@standard("disk", requires=("config", "method"))
+def free_disk(cell: Cell) -> Iterable[str]:
+    """The run folder can be written, and its disk holds what the plan says the run writes (checkpoints
+    included)."""
+    from para.run.plan import GIB, disk_problem, existing_parent
+
+    folder = existing_parent(cell.run_dir)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return [f"cannot write into {folder} (permissions); put the run where you can write (hydra.run.dir=...)"]
+    record = resource_plan(cell)
+    problem = record and disk_problem(record, folder, shutil.disk_usage(folder).free / GIB)
+    return [problem] if problem else []
+
+
+@standard("folder", requires=("config",))
+def run_folder(cell: Cell) -> Iterable[str]:
+    """What the run folder holds allows this run (checked again under the folder's lock when it starts)."""
+    from para.run.folder import FolderRefused, plan
+
+    try:
+        cell.shared["plan"] = plan(cell.run_dir, cell.cfg)
+    except FolderRefused as err:
+        return [str(err)]
+    return []
