@@ -124,16 +124,6 @@ def random_unet_config(kind: str) -> dict:
     )
 
 
-def build_unet_meta(model_cfg) -> torch.nn.Module:
-    """The model's UNet on the meta device (every shape, no memory, no weights): SDXL's for pretrained weights."""
-    if model_cfg.kind == "pretrained":
-        from para.core.sdxl_architecture import build_sdxl_unet_meta
-
-        return build_sdxl_unet_meta()
-    with torch.device("meta"):
-        return UNet2DConditionModel(**random_unet_config(model_cfg.kind))
-
-
 def build_random_models(kind: str, seed: int = 0) -> dict[str, torch.nn.Module]:
     """The UNet, VAE and both text encoders of an SDXL-shaped model with random weights (`kind` = tiny | small),
     deterministic in `seed`; under `torch.device("meta")` they have every shape and no memory (`para.run.plan`)."""

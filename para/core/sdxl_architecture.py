@@ -85,6 +85,19 @@ def build_sdxl_unet_meta() -> nn.Module:
         return build_component("unet", sdxl_unet_config())
 
 
+def build_unet_meta(model_cfg) -> nn.Module:
+    """The UNet of `model_cfg` on the meta device (every shape, no memory, no weights): SDXL's for pretrained
+    weights, the random model's otherwise."""
+    if model_cfg.kind == "pretrained":
+        return build_sdxl_unet_meta()
+    from diffusers import UNet2DConditionModel
+
+    from para.core.models import random_unet_config
+
+    with torch.device("meta"):
+        return UNet2DConditionModel(**random_unet_config(model_cfg.kind))
+
+
 def architecture_of(model_cfg) -> tuple[str, str | None]:
     """(architecture, note): where the base model's shapes come from, without loading any weights."""
     from para.core.models import SDXL_HUB_ID  # diffusers: imported only when needed

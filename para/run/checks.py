@@ -60,7 +60,8 @@ def config_ranges(cell: Cell) -> Iterable[str]:
 def method_on_model(cell: Cell) -> Iterable[str]:
     """The method attached to the model's real architecture on the meta device: a layer subset that matches no
     layer, or a rank too large for a layer (method.gamma=null), fails here in a fraction of a second."""
-    from para.core.models import build_unet_meta, model_id
+    from para.core.models import model_id
+    from para.core.sdxl_architecture import build_unet_meta
     from para.run.registry import METHODS
 
     cfg = cell.cfg
