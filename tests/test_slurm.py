@@ -5,6 +5,7 @@ reported, `array_parallelism` honoured. Skipped, naming the install command, whe
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -218,7 +219,12 @@ def test_failed_cells_are_reported_and_the_others_finish(serial_sweep):
     assert returncode == 1, out[-4000:]
     assert "sweep: 3 cells: 1 finished, 0 skipped, 2 failed" in out and "inaccurate" not in out
     report = out[out.index("FAILED cells (2)") :]
-    assert "subject=cat: DataError: cannot read image" in report and "subject=duck_toy: AdapterFileError" in report
+    # cat: its corrupt photo is found by the run's preflight, before training or a run folder
+    assert "subject=cat: PreflightError" in report and "subject=duck_toy: AdapterFileError" in report
+    (records,) = (tmp / "sweeps").iterdir()
+    cells = json.loads((records / "summary.json").read_text())["cells"]
+    (cat,) = [c for c in cells if "subject=cat" in c["overrides"]]
+    assert "[photos]" in cat["error"] and "99.jpg" in cat["error"]
     assert read_metrics(tmp / "runs/para/dog")["status"] == "finished"
     broken = read_metrics(tmp / "runs/para/duck_toy")
     assert broken["status"] == "failed" and "AdapterFileError" in broken["error"]
