@@ -74,7 +74,7 @@ class TrainConfig:
     # for DreamBooth's full UNet: para.core.checkpoint); 0 = none. SIGTERM / Ctrl-C also save one.
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
-    # Checkpoints only resume training: they are removed once the adapter is saved (DreamBooth on SDXL: ~31 GB
+    # Checkpoints only resume training: they are removed once the adapter is saved (DreamBooth on SDXL: 11-31 GB
     # each). true keeps them.
     keep_checkpoints_after_run: bool = False
     log_every: int = 10
