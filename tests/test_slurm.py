@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -267,3 +268,33 @@ def test_slurm_up_names_the_fix_when_it_cannot_start_a_cluster(tmp_path):
     proc = _slurm_up(tmp_path, *as_user)
     assert proc.returncode == 1 and "run this as root, e.g. sudo make slurm-up" in proc.stderr, proc.stderr
     assert not (tmp_path / "state").exists()  # nothing started, nothing written
+
+
+# A process holding a run folder's lock for a while, as a predecessor SLURM is still killing (KillWait) would.
+HOLD = """import sys, time
+from para.core.lock import FolderLock
+lock = FolderLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+lock.release()
+print(time.time(), flush=True)
+"""
+
+
+@pytest.mark.slurm
+def test_a_job_whose_run_folder_is_still_held_waits_for_the_holder_then_runs(tmp_path):
+    """Issue 21: a (requeued) job that finds its run folder held by a process still alive waits for the lock instead
+    of writing beside it, says whom it waits for, and runs once the holder is gone."""
+    run_dir = tmp_path / "runs" / "cell"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run_dir), "20"], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    proc = multirun(tmp_path, *_launcher(tmp_path), *_cell(steps=4, every=2), "lock_wait=300", run_dir=str(run_dir))
+    released = float(holder.stdout.readline())
+    holder.wait(timeout=60)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert read_metrics(run_dir)["status"] == "finished"
+    job_log = "".join(p.read_text() for p in (tmp_path / "submitit").glob("*/*_log.*"))  # .out and .err
+    assert f"is in use by PID {holder.pid}" in job_log and "waiting up to 300 s" in job_log
+    assert (run_dir / "config.yaml").stat().st_mtime >= released  # nothing written while the holder held it
