@@ -140,9 +140,14 @@ def select_images(files: list[Path], names: list[str] | None) -> list[Path]:
     return [by_name[n] for n in names]
 
 
+def square_pixels(photos: list[Image.Image], resolution: int) -> torch.Tensor:
+    """RGB photos as a (N, 3, resolution, resolution) tensor: center-cropped, resized."""
+    return torch.stack([to_tensor(center_square(im, resolution)) for im in photos])
+
+
 def load_images(files: list[Path], resolution: int, min_side: int = 1) -> torch.Tensor:
     """Photos as a (N, 3, resolution, resolution) tensor: read by `load_rgb`, center-cropped, resized."""
-    return torch.stack([to_tensor(center_square(load_rgb(f, min_side), resolution)) for f in files])
+    return square_pixels([load_rgb(f, min_side) for f in files], resolution)
 
 
 def load_subject_photos(
@@ -152,8 +157,7 @@ def load_subject_photos(
     each photo's (height, width) before cropping and resizing (SDXL's `original_size` micro-conditioning)."""
     files = select_images(subject_photos(root, subject), images)
     photos = [load_rgb(f, min_side) for f in files]
-    pixels = torch.stack([to_tensor(center_square(im, resolution)) for im in photos])
-    return pixels, [(im.height, im.width) for im in photos]
+    return square_pixels(photos, resolution), [(im.height, im.width) for im in photos]
 
 
 def load_subject_images(

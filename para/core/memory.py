@@ -22,6 +22,7 @@ import torch
 
 MIB = 2**20
 _STATUS = Path("/proc/self/status")
+MEMINFO = Path("/proc/meminfo")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
@@ -39,9 +40,10 @@ def release_memory(device: torch.device) -> None:
             libc.malloc_trim(0)
 
 
-def _status_kib(field: str) -> int | None:
+def proc_kib(path: Path, field: str) -> int | None:
+    """A `Field:  123 kB` line of a /proc file (`/proc/self/status`, `/proc/meminfo`) in KiB; None where absent."""
     try:
-        for line in _STATUS.read_text().splitlines():
+        for line in path.read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
@@ -49,12 +51,16 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+def _status_mb(field: str) -> float | None:
+    kib = proc_kib(_STATUS, field)
+    return None if kib is None else kib / 1024
+
+
 def current_mb(device: torch.device) -> float | None:
     """Memory in use now: allocated CUDA tensors, or the process's resident set on CPU."""
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / MIB
-    kib = _status_kib("VmRSS")
-    return None if kib is None else kib / 1024
+    return _status_mb("VmRSS")
 
 
 def reset_peak(device: torch.device) -> bool:
@@ -73,8 +79,7 @@ def peak_mb(device: torch.device) -> float | None:
     """Peak since the last `reset_peak`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / MIB
-    kib = _status_kib("VmHWM")
-    return None if kib is None else kib / 1024
+    return _status_mb("VmHWM")
 
 
 class PeakMemory:

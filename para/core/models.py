@@ -269,12 +269,6 @@ def check_weights_available(path: str, revision: str | None = None) -> None:
         raise ModelLoadError(missing_weights_message(path, [tried]))
 
 
-def check_model_available(model_cfg) -> None:
-    """`check_weights_available` for a model config (random-weight models are always available)."""
-    if model_cfg.kind == "pretrained":
-        check_weights_available(model_cfg.path or SDXL_HUB_ID, model_cfg.revision)
-
-
 def _load_vae(vae_path: str, dtype: torch.dtype, offline: bool) -> AutoencoderKL:
     try:
         return AutoencoderKL.from_pretrained(vae_path, dtype=dtype, local_files_only=offline)

@@ -221,11 +221,7 @@ def fits_memory(cell: Cell) -> Iterable[str]:
     from para.run.plan import memory_problem
 
     record = resource_plan(cell)
-    try:
-        problem = record and memory_problem(cell.cfg, record)
-    except (RuntimeError, AssertionError) as err:  # no such device here: the `device` check names it
-        log.info("memory not checked: %s", err)
-        return []
+    problem = record and memory_problem(cell.cfg, record)
     return [problem] if problem else []
 
 

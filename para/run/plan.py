@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from para.core.checkpoint import interval_for_size
 from para.core.io import write_results
-from para.core.memory import current_mb
+from para.core.memory import MEMINFO, current_mb, proc_kib
 from para.core.models import resolve_device, resolve_dtype
 from para.core.sdxl_architecture import architecture_of
 from para.core.trainer import autocast_dtype
@@ -209,35 +209,30 @@ def _fitting(cfg: DictConfig, device: torch.device, budget_gb: float, candidates
     return found
 
 
-def memory_budget_gb(cfg: DictConfig, device: torch.device) -> tuple[float, str]:
-    """(GiB the run may use in total, what it is): the card, or on a CPU the RAM available now + this process."""
+def memory_budget_gb(cfg: DictConfig, device: torch.device) -> tuple[float, str] | None:
+    """(GiB the run may use in total, what it is): the card, or on a CPU the RAM available now + this process.
+    None for a card this machine does not have (the preflight's `device` check names that) and no
+    `plan.gpu_memory_gb` to plan for."""
     if device.type == "cuda":
         if cfg.plan.gpu_memory_gb is not None:
             return cfg.plan.gpu_memory_gb, "plan.gpu_memory_gb"
+        if not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count():
+            return None
         total = torch.cuda.get_device_properties(device).total_memory / GIB
         return total, torch.cuda.get_device_name(device)
-    available = _meminfo_kib("MemAvailable")
+    available = proc_kib(MEMINFO, "MemAvailable")
     if available is None:
         return float("inf"), "RAM (unknown)"
     return (available * 1024 + runtime_bytes(device, 0)) / GIB, "RAM available"
 
 
-def _meminfo_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def memory_problem(cfg: DictConfig, record: dict[str, Any]) -> str | None:
     """Why the run of plan `record` cannot fit its device's memory, naming the options that would; or None."""
     device = resolve_device(cfg.device)
-    budget, what = memory_budget_gb(cfg, device)
-    if record["total_gb"] <= budget:
+    found = memory_budget_gb(cfg, device)
+    if found is None or record["total_gb"] <= found[0]:
         return None
+    budget, what = found
     options = fitting_options(cfg, device, budget)
     bigger = "a larger card" if device.type == "cuda" else "a machine with more free RAM"
     ways = "; ".join(options) if options else f"none of the plan's options; use {bigger}"
