@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-BACKBONE_MODES = ("pretrained", "random")
 RANDOM_BANNER = "random backbones: not comparable with any paper"
 
 
@@ -18,7 +17,8 @@ RANDOM_BANNER = "random backbones: not comparable with any paper"
 class EvalOptions:
     """What to score with. Defaults are those of `para.run.config.EvalConfig`."""
 
-    backbones: str = "pretrained"  # pretrained | random (random: offline tests only; outputs are flagged)
+    # pretrained | random (random: offline tests only; outputs are flagged) | a registered protocol (eval.protocols)
+    backbones: str = "pretrained"
     dino: str = "facebook/dino-vits16"  # hub id or local folder of a transformers ViTModel
     clip_arch: str = "ViT-B-32"  # open_clip architecture
     clip_pretrained: str = "openai"  # open_clip tag, local checkpoint file, or local transformers CLIP folder
@@ -30,8 +30,12 @@ class EvalOptions:
     lpips_size: int = 512  # side of the square both images are brought to before LPIPS
 
     def __post_init__(self) -> None:
-        if self.backbones not in BACKBONE_MODES:
-            raise ValueError(f"eval.backbones={self.backbones!r} is out of range; expected one of {BACKBONE_MODES}")
+        from eval.protocols import backbone_modes
+
+        if self.backbones not in backbone_modes():
+            raise ValueError(
+                f"eval.backbones={self.backbones!r} is out of range; expected one of {list(backbone_modes())}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"eval.batch_size={self.batch_size!r} is out of range; expected an integer >= 1")
 

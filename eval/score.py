@@ -31,6 +31,7 @@ from eval import metrics
 from eval.backbones import Backbones, load_backbones
 from eval.clip_score import ClipScorer, clip_score_of, load_clip_score
 from eval.options import EvalOptions
+from eval.protocols import Protocol, protocol_named
 from para.core.data import load_rgb, subject_photos
 from para.core.io import atomic_save_safetensors
 
@@ -224,6 +225,22 @@ def score_run(
         raise ValueError(f"{run_dir / 'metrics.json'}: needs run_info with subject and data")
     opts = EvalOptions.from_any(eval_cfg if eval_cfg is not None else run_info.get("eval"))
     entries = read_samples(run_dir, run_info)
+    protocol = protocol_named(opts.backbones)
+    if protocol is not DREAMBENCH:  # a registered protocol scores its own way (eval.protocols)
+        scores = protocol.score_run(run_dir, run_info, entries, opts, cache_dir if write_cache else None)
+        return {**scores, "protocol": protocol.name}
+    return _score_dreambench(run_dir, run_info, entries, opts, cache_dir, backbones, write_cache)
+
+
+def _score_dreambench(
+    run_dir: Path,
+    run_info: dict[str, Any],
+    entries: list[dict[str, Any]],
+    opts: EvalOptions,
+    cache_dir: str | Path | None,
+    backbones: Backbones | None,
+    write_cache: bool,
+) -> dict[str, Any]:
     subject = run_info["subject"]["name"]
     real_paths = real_photo_paths(run_info["data"]["root"], subject)
     models = backbones if backbones is not None else load_backbones(opts)
@@ -255,6 +272,7 @@ def score_run(
     pretrained = {**models.pretrained, "clip_score": scorer.pretrained}
     scores.update(
         {
+            "protocol": DREAMBENCH.name,
             "n_prompts": len(per_prompt),
             "n_images": sum(weights),
             "n_real": ref.n_photos,
@@ -293,3 +311,36 @@ def real_reference(
         off_diagonal = ~torch.eye(len(paths), dtype=torch.bool)
         out[key] = cos[off_diagonal].mean().item()
     return out
+
+
+def _real_reference(data_root: str | Path, subject: str, opts: EvalOptions, cache_dir: str | Path | None):
+    return real_reference(data_root, subject, load_backbones(opts), cache_dir)
+
+
+def _missing(opts: EvalOptions) -> list[str]:
+    from eval.backbones import missing_backbones
+
+    return missing_backbones(opts)
+
+
+DREAMBENCH = Protocol(
+    name="dreambench",
+    score_keys=SCORE_KEYS,
+    labels={
+        "dino": "DINO",
+        "clip_i": "CLIP-I",
+        "clip_t": "CLIP-T",
+        "clip_score": "CLIP score",
+        "lpips": "LPIPS",
+        "ssim": "SSIM",
+    },
+    fidelity="dino",
+    alignment="clip_t",
+    reference_keys=("dino", "clip_i"),
+    score_run=lambda run_dir, run_info, entries, opts, cache_dir: _score_dreambench(
+        run_dir, run_info, entries, opts, cache_dir, None, cache_dir is not None
+    ),
+    missing=_missing,
+    lower_is_better=frozenset({"lpips"}),
+    real_reference=_real_reference,
+)

@@ -21,23 +21,16 @@ from typing import Any
 import pandas as pd
 
 from eval.options import RANDOM_BANNER, EvalOptions
+from eval.protocols import Protocol, protocol_named
+from eval.score import DREAMBENCH
 from eval.stats import paired_difference, subject_means, summarize
 from para.core.io import atomic_write_bytes, atomic_write_text
 
-SCORES = ["dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim"]
+SCORES = ["dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim"]  # DreamBench's; a protocol brings its own
 COSTS = ["trainable_params", "train_seconds", "peak_memory_mb"]
 COLUMNS = SCORES + COSTS
-LABELS = {
-    "dino": "DINO",
-    "clip_i": "CLIP-I",
-    "clip_t": "CLIP-T",
-    "clip_score": "CLIP score",
-    "lpips": "LPIPS",
-    "ssim": "SSIM",
-    "trainable_params": "params",
-    "train_seconds": "train s",
-    "peak_memory_mb": "peak MB",
-}
+COST_LABELS = {"trainable_params": "params", "train_seconds": "train s", "peak_memory_mb": "peak MB"}
+LABELS = {**DREAMBENCH.labels, **COST_LABELS}
 BANNER = f"WARNING: {RANDOM_BANNER} (CLIP/DINO scores come from random weights; do NOT compare them with any paper)"
 REAL = "real_images"
 RUN_COLUMNS = [
@@ -50,10 +43,10 @@ RUN_COLUMNS = [
     *COSTS,
     "has_scores",
     "backbones_pretrained",
+    "protocol",
     "data_root",
     "eval",
     "path",
-    *SCORES,
 ]
 
 
@@ -88,11 +81,13 @@ def read_run(path: Path) -> dict[str, Any]:
         "peak_memory_mb": _get(data, "train_info", "peak_memory_mb"),
         "has_scores": bool(scores),
         "backbones_pretrained": scores.get("backbones_pretrained_all") if scores else None,
+        "protocol": scores.get("protocol", DREAMBENCH.name) if scores else None,
         "data_root": _get(data, "run_info", "data", "root"),
         "eval": _get(data, "run_info", "eval"),
         "path": str(path.parent),
     }
-    row.update({k: scores.get(k) for k in SCORES})
+    # every number the protocol scored (DreamBench: SCORES); the table keeps its protocol's columns
+    row.update({k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return row
 
 
@@ -119,10 +114,9 @@ def collect_runs(root: Path | None, cells: Sequence[Path] | None = None) -> tupl
         except (OSError, ValueError) as err:
             reason = f"{type(err).__name__}: {err}"
             problems.append(_failure(None, None, None, "unreadable", reason, str(path.parent)))
-    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    for column in COLUMNS:
-        if column in runs:
-            runs[column] = pd.to_numeric(runs[column], errors="coerce")
+    runs = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys([*RUN_COLUMNS, *(k for r in rows for k in r)])))
+    for column in COSTS:
+        runs[column] = pd.to_numeric(runs[column], errors="coerce")
     return runs, problems
 
 
@@ -141,25 +135,28 @@ def failed_cells(runs: pd.DataFrame, methods: Sequence[str], problems: list[dict
     return pd.DataFrame(records, columns=FAILED_COLUMNS)
 
 
-def real_rows(runs: pd.DataFrame, backbones: str | None, cache_dir: Path | None) -> pd.DataFrame:
-    """Leave-one-out DINO / CLIP-I among each subject's real photos (one row per subject)."""
-    from eval.backbones import load_backbones
-    from eval.score import real_reference
-
+def real_rows(
+    runs: pd.DataFrame, backbones: str | None, cache_dir: Path | None, protocol: Protocol = DREAMBENCH
+) -> pd.DataFrame:
+    """The protocol's scores of each subject's real photos against each other (DreamBench: leave-one-out DINO /
+    CLIP-I), one row per subject."""
     first = runs.iloc[0]
     pretrained_all = bool(runs["backbones_pretrained"].fillna(False).astype(bool).all())
-    mode = backbones or ("pretrained" if pretrained_all else "random")
-    models = load_backbones(EvalOptions.from_any(first["eval"], backbones=mode))
+    if protocol is DREAMBENCH:
+        mode = backbones or ("pretrained" if pretrained_all else "random")
+    else:
+        mode = protocol.name
+    opts = EvalOptions.from_any(first["eval"], backbones=mode)
     rows = []
     for (subject, root), group in runs.groupby(["subject", "data_root"], sort=True):
-        values = real_reference(root, subject, models, cache_dir)
+        values = protocol.real_reference(root, subject, opts, cache_dir)
         rows.append(
             {
                 "method": REAL,
                 "subject": subject,
                 "kind": group["kind"].iloc[0],
                 **values,
-                "backbones_pretrained": models.dino.pretrained and models.clip.pretrained,
+                "backbones_pretrained": pretrained_all if protocol is not DREAMBENCH else mode == "pretrained",
             }
         )
     return pd.DataFrame(rows)
@@ -178,9 +175,12 @@ def _cell(row: pd.Series, column: str) -> str:
     return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def markdown_table(frame: pd.DataFrame, keys: Sequence[str], columns: Sequence[str]) -> str:
+def markdown_table(
+    frame: pd.DataFrame, keys: Sequence[str], columns: Sequence[str], labels: dict[str, str] | None = None
+) -> str:
     """A GitHub markdown table; metric cells read `mean [lo, hi]`."""
-    header = [*keys, *(LABELS.get(c, c) for c in columns), "n"]
+    labels = labels or LABELS
+    header = [*keys, *(labels.get(c, c) for c in columns), "n"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in frame.iterrows():
         cells = [str(row[k]) for k in keys] + [_cell(row, c) for c in columns] + [str(row.get("n_subjects", ""))]
@@ -188,8 +188,16 @@ def markdown_table(frame: pd.DataFrame, keys: Sequence[str], columns: Sequence[s
     return "\n".join(lines)
 
 
-def plot_tradeoff(table: pd.DataFrame, real: pd.DataFrame | None, path: Path, banner: bool) -> None:
-    """x = CLIP-T (text alignment), y = DINO (subject fidelity), one point per method with its intervals."""
+def _error_bar(row: pd.Series, key: str) -> list[list[float]]:
+    lo, hi, value = row[f"{key}_lo"], row[f"{key}_hi"], row[key]
+    return [[max(value - lo, 0) if not math.isnan(lo) else 0], [max(hi - value, 0) if not math.isnan(hi) else 0]]
+
+
+def plot_tradeoff(
+    table: pd.DataFrame, real: pd.DataFrame | None, path: Path, banner: str | None, protocol: Protocol = DREAMBENCH
+) -> None:
+    """x = text alignment (DreamBench: CLIP-T), y = subject fidelity (DINO), one point per method with its
+    intervals; `banner` (random backbones, another world) is the title when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,30 +205,44 @@ def plot_tradeoff(table: pd.DataFrame, real: pd.DataFrame | None, path: Path, ba
 
     from eval.plots import score_axis
 
+    x, y = protocol.alignment, protocol.fidelity
+    labels = {**LABELS, **protocol.labels}
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for _, row in table.iterrows():
-        xerr = [
-            [max(row["clip_t"] - row["clip_t_lo"], 0) if not math.isnan(row["clip_t_lo"]) else 0],
-            [max(row["clip_t_hi"] - row["clip_t"], 0) if not math.isnan(row["clip_t_hi"]) else 0],
-        ]
-        yerr = [
-            [max(row["dino"] - row["dino_lo"], 0) if not math.isnan(row["dino_lo"]) else 0],
-            [max(row["dino_hi"] - row["dino"], 0) if not math.isnan(row["dino_hi"]) else 0],
-        ]
-        ax.errorbar(row["clip_t"], row["dino"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=row["method"])
+        ax.errorbar(
+            row[x], row[y], xerr=_error_bar(row, x), yerr=_error_bar(row, y), fmt="o", capsize=3, label=row["method"]
+        )
         # the name beside its point: colours alone are hard to match when points sit close together
-        ax.annotate(row["method"], (row["clip_t"], row["dino"]), xytext=(5, 5), textcoords="offset points", fontsize=8)
-    if real is not None and len(real) and not math.isnan(real["dino"].mean()):
-        ax.axhline(real["dino"].mean(), ls="--", color="grey", label="real images (DINO)")
-    ax.set_xlabel("CLIP-T (text alignment) →")
-    ax.set_ylabel("DINO (subject fidelity) →")
+        ax.annotate(row["method"], (row[x], row[y]), xytext=(5, 5), textcoords="offset points", fontsize=8)
+    if real is not None and len(real) and y in real and not math.isnan(real[y].mean()):
+        ax.axhline(real[y].mean(), ls="--", color="grey", label=f"real images ({labels.get(y, y)})")
+    ax.set_xlabel(f"{labels.get(x, x)} (text alignment) →")
+    ax.set_ylabel(f"{labels.get(y, y)} (subject fidelity) →")
     score_axis(ax, "x")
     score_axis(ax, "y")
-    ax.set_title("RANDOM BACKBONES — not comparable" if banner else "Text alignment vs subject fidelity")
+    ax.set_title(banner or "Text alignment vs subject fidelity", fontsize=9 if banner else None)
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=150, format="png"))
     plt.close(fig)
+
+
+def table_protocol(ok: pd.DataFrame) -> Protocol:
+    """The one scoring protocol of a table's runs; runs scored under different protocols do not share a table."""
+    names = sorted(ok["protocol"].fillna(DREAMBENCH.name).unique())
+    if len(names) > 1:
+        raise ValueError(
+            f"the runs were scored under different protocols {names}: re-score them alike "
+            "(python -m eval <run> --backbones ...) or tabulate them separately"
+        )
+    return protocol_named(names[0])
+
+
+def table_banner(ok: pd.DataFrame, protocol: Protocol) -> str | None:
+    """What every output of this table must say about its numbers (None: real pretrained backbones)."""
+    if protocol.banner:
+        return protocol.banner
+    return None if bool(ok["backbones_pretrained"].fillna(False).astype(bool).all()) else BANNER
 
 
 def build(
@@ -243,41 +265,53 @@ def build(
     ok = runs[(runs["status"] == "finished") & runs["has_scores"]]
     if ok.empty:
         raise ValueError(f"no finished, scored runs under {runs_root} for methods {methods}")
-    banner = not bool(ok["backbones_pretrained"].fillna(False).astype(bool).all())
+    protocol = table_protocol(ok)
+    banner = table_banner(ok, protocol)
+    scores = list(protocol.score_keys)
+    columns = scores + COSTS
+    ok = ok.assign(**{c: pd.to_numeric(ok[c], errors="coerce") if c in ok else math.nan for c in scores})
 
-    subjects = subject_means(ok, COLUMNS)
+    subjects = subject_means(ok, columns)
     order = {m: i for i, m in enumerate(methods)}
-    table = summarize(subjects, COLUMNS, ["method"]).sort_values("method", key=lambda s: s.map(order))
+    table = summarize(subjects, columns, ["method"]).sort_values("method", key=lambda s: s.map(order))
     table["backbones_pretrained"] = table["method"].map(
         ok.groupby("method")["backbones_pretrained"].apply(lambda s: bool(s.fillna(False).astype(bool).all()))
     )
-    by_kind = summarize(subjects.dropna(subset=["kind"]), COLUMNS, ["method", "kind"])
-    paired = paired_difference(subjects, pair[0], pair[1], SCORES + COSTS[1:])
+    by_kind = summarize(subjects.dropna(subset=["kind"]), columns, ["method", "kind"])
+    paired = paired_difference(subjects, pair[0], pair[1], scores + COSTS[1:])
 
     real_table, real_note = None, ""
-    if real:
+    if real and protocol.real_reference is not None:
         try:
-            real_subjects = real_rows(ok, backbones, cache_dir)
-            real_table = summarize(real_subjects, ["dino", "clip_i"], ["method"])
+            real_subjects = real_rows(ok, backbones, cache_dir, protocol)
+            real_table = summarize(real_subjects, list(protocol.reference_keys), ["method"])
             real_table["backbones_pretrained"] = bool(real_subjects["backbones_pretrained"].all())
         except Exception as err:  # the reference row must not cost the whole table; say why it is absent
             real_note = f"real-images row not computed: {type(err).__name__}: {err}"
     full = pd.concat([table, real_table], ignore_index=True) if real_table is not None else table
 
     out.mkdir(parents=True, exist_ok=True)
-    lead = ["method", *COLUMNS, "n_subjects", "backbones_pretrained"]
-    full = full.reindex(columns=lead + [f"{c}_{s}" for c in COLUMNS for s in ("lo", "hi")])
+    lead = ["method", *columns, "n_subjects", "backbones_pretrained"]
+    full = full.reindex(columns=lead + [f"{c}_{s}" for c in columns for s in ("lo", "hi")])
     # every file whole (temp file + rename): a reader, or a second `make` writing the same table, never sees half
     atomic_write_text(out / "table1.csv", full.round(6).to_csv(index=False))  # 6 decimals: no float noise in diffs
     atomic_write_text(out / "table1_by_kind.csv", by_kind.round(6).to_csv(index=False))
     atomic_write_text(out / "table1_paired.csv", paired.round(6).to_csv(index=False))
     atomic_write_text(out / "table1_runs.csv", runs.drop(columns=["eval"]).to_csv(index=False))
     atomic_write_text(out / "failed_cells.csv", failed.to_csv(index=False))
-    plot_tradeoff(table, real_table, out / "tradeoff.png", banner)
+    plot_tradeoff(table, real_table, out / "tradeoff.png", banner, protocol)
 
-    md = render_markdown(full, by_kind, paired, failed, pair, banner, real_note, ok)
+    md = render_markdown(full, by_kind, paired, failed, pair, banner, real_note, ok, protocol)
     atomic_write_text(out / "table1.md", md)
-    return {"table": full, "by_kind": by_kind, "paired": paired, "failed": failed, "markdown": md, "banner": banner}
+    return {
+        "table": full,
+        "by_kind": by_kind,
+        "paired": paired,
+        "failed": failed,
+        "markdown": md,
+        "banner": banner,
+        "protocol": protocol.name,
+    }
 
 
 def render_markdown(
@@ -286,15 +320,19 @@ def render_markdown(
     paired: pd.DataFrame,
     failed: pd.DataFrame,
     pair: Sequence[str],
-    banner: bool,
+    banner: str | None,
     real_note: str,
     ok: pd.DataFrame,
+    protocol: Protocol = DREAMBENCH,
 ) -> str:
-    parts = ["# Table 1: single-subject generation", ""]
+    labels = {**protocol.labels, **COST_LABELS}
+    scores = list(protocol.score_keys)
+    title = "Table 1: single-subject generation"
+    parts = [f"# {title}" + ("" if protocol is DREAMBENCH else f" ({protocol.name} protocol)"), ""]
     if banner:
-        parts += [f"> **{BANNER}**", ""]
+        parts += [f"> **{banner}**", ""]
     steps = ok.groupby("method")["steps"].apply(lambda s: ", ".join(f"{v:g}" for v in sorted(s.dropna().unique())))
-    parts += [markdown_table(full, ["method"], COLUMNS), ""]
+    parts += [markdown_table(full, ["method"], scores + COSTS, labels), ""]
     parts += [
         "Mean over subjects (seeds averaged per subject first), 95% bootstrap interval over subjects "
         "in brackets. Steps per method: " + "; ".join(f"{m}: {s or 'n/a'}" for m, s in steps.items()) + ".",
@@ -302,7 +340,7 @@ def render_markdown(
     ]
     if real_note:
         parts += [real_note, ""]
-    parts += ["## Live subjects vs objects", "", markdown_table(by_kind, ["method", "kind"], SCORES), ""]
+    parts += ["## Live subjects vs objects", "", markdown_table(by_kind, ["method", "kind"], scores, labels), ""]
     parts += [f"## Paired difference {pair[0]} − {pair[1]} (subjects present in both)", ""]
     parts += ["| metric | diff | 95% interval | n |", "|---|---|---|---|"]
     for _, row in paired.iterrows():
@@ -340,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result["banner"]:
-        print(BANNER)
+        print(result["banner"])
     print(result["markdown"])
     if not result["failed"].empty:
         print(f"{len(result['failed'])} failed or missing cells, listed in {args.out / 'failed_cells.csv'}")

@@ -60,15 +60,20 @@ LIVE_PROMPTS = [
 PROMPT_LISTS = {"object": OBJECT_PROMPTS, "live": LIVE_PROMPTS}
 
 
-def evaluation_prompts(kind: str, token: str, class_word: str) -> list[tuple[str, str]]:
-    """The 25 DreamBench prompts for a subject as (prompt with identifier, prompt without it) pairs.
+def evaluation_prompts(
+    kind: str, token: str, class_word: str, templates: list[str] | None = None
+) -> list[tuple[str, str]]:
+    """The evaluation prompts of a subject as (prompt with identifier, prompt without it) pairs: the 25 DreamBench
+    prompts of its kind, or the subject's own `templates` (`subject.prompts`, with `{token}` and `{cls}`).
 
-    The second element is what CLIP-T scores against (DreamBooth paper protocol: identifier removed).
+    The second element is what CLIP-T scores against (DreamBooth paper protocol: identifier removed). A template
+    without `{token}` asks for an ordinary member of the class: its images show whether the subject leaks into
+    the class word (language drift).
     """
-    if kind not in PROMPT_LISTS:
+    if templates is None and kind not in PROMPT_LISTS:
         raise ValueError(f"unknown subject kind {kind!r}; expected one of {sorted(PROMPT_LISTS)}")
     pairs = []
-    for template in PROMPT_LISTS[kind]:
+    for template in templates if templates is not None else PROMPT_LISTS[kind]:
         with_token = template.format(token=token, cls=class_word)
         clean = " ".join(template.format(token="", cls=class_word).split())
         pairs.append((with_token, clean))

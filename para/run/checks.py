@@ -152,9 +152,9 @@ def _photo_problems(root: str, subject: str, min_side: int) -> tuple[str, ...]:
 
 @functools.cache
 def _missing_backbones(opts: Any) -> tuple[str, ...]:
-    from eval.backbones import missing_backbones
+    from eval.protocols import protocol_named
 
-    return tuple(missing_backbones(opts))
+    return tuple(protocol_named(opts.backbones).missing(opts))
 
 
 @standard("backbones", requires=("config",))

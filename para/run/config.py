@@ -40,6 +40,9 @@ class SubjectConfig:
     name: str = MISSING
     class_word: str = MISSING
     kind: str = MISSING  # live | object: which DreamBench prompt list
+    # the subject's own evaluation prompts instead of DreamBench's ({token}, {cls} filled in; a prompt without
+    # {token} asks for an ordinary member of the class, to see whether the subject leaks into it)
+    prompts: list[str] | None = None
 
 
 @dataclass
@@ -92,7 +95,7 @@ class SampleConfig:
     steps: int = 50  # reading: 50 DDIM steps
     guidance: float = 5.0  # reading: SDXL's usual guidance
     resolution: int | None = None  # default: model.resolution
-    num_prompts: int | None = None  # default: all 25 DreamBench prompts
+    num_prompts: int | None = None  # default: all (DreamBench's 25, or the subject's own list)
     images_per_prompt: int = 4  # DreamBench protocol: 4 images per prompt
     batch_size: int = 4
     merge: bool = True  # bake the adapter into the weights for sampling where the method can (PaRa)
@@ -101,7 +104,8 @@ class SampleConfig:
 @dataclass
 class EvalConfig:
     enabled: bool = True
-    backbones: str = "pretrained"  # pretrained | random (random only for tests; outputs are flagged)
+    # pretrained | random (random only for tests; outputs are flagged) | a registered scoring protocol, e.g. world
+    backbones: str = "pretrained"
     dino: str = "facebook/dino-vits16"
     clip_arch: str = "ViT-B-32"
     clip_pretrained: str = "openai"
@@ -230,7 +234,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sample.steps": (_positive, "> 0"),
     "sample.guidance": (_at_least(0), ">= 0 (values <= 1 sample without classifier-free guidance)"),
     "sample.resolution": (_optional(_multiple_of_8), "null (= model.resolution) or a positive multiple of 8"),
-    "sample.num_prompts": (_optional(lambda v: 1 <= v <= 25), "null (all) or 1..25"),
+    "sample.num_prompts": (_optional(_positive), "null (all) or a number > 0 (at most the subject's prompt count)"),
     "sample.images_per_prompt": (_positive, "> 0"),
     "sample.batch_size": (_positive, "> 0"),
     "eval.lpips_size": (_at_least(64), "an integer >= 64 (LPIPS' AlexNet/VGG trunks need that much)"),
@@ -248,7 +252,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "subject.kind": ("live", "object"),
     "data.original_size": ("photo", "resolution"),
     "sample.scheduler": ("ddim", "default"),
-    "eval.backbones": ("pretrained", "random"),
     "logger.name": ("none", "wandb"),
 }
 
@@ -272,6 +275,13 @@ def config_problems(cfg: DictConfig) -> list[str]:
         value = OmegaConf.select(cfg, key)
         check(value in choices, key, value, f"one of {sorted(choices)}")
     check(cfg.method.name in METHODS, "method.name", cfg.method.name, f"one of {sorted(METHODS)}")
+    n_prompts = _prompt_count(cfg.subject)
+    if n_prompts and cfg.sample.num_prompts is not None and cfg.sample.num_prompts > 0:
+        allowed = f"null (all) or 1..{n_prompts} (the evaluation prompts of subject {cfg.subject.name})"
+        check(cfg.sample.num_prompts <= n_prompts, "sample.num_prompts", cfg.sample.num_prompts, allowed)
+    from eval.protocols import backbone_modes  # registered scoring protocols count too (eval.protocols)
+
+    check(cfg.eval.backbones in backbone_modes(), "eval.backbones", cfg.eval.backbones, str(list(backbone_modes())))
     if cfg.train.compile:
         backends = compile_backends()
         check(cfg.train.compile_backend in backends, "train.compile_backend", cfg.train.compile_backend, str(backends))
@@ -281,6 +291,15 @@ def config_problems(cfg: DictConfig) -> list[str]:
         except ValueError as err:
             problems.append(str(err))
     return problems
+
+
+def _prompt_count(subject: DictConfig) -> int | None:
+    """How many evaluation prompts the subject has (its own list, or DreamBench's for its kind)."""
+    from para.core.prompts import PROMPT_LISTS
+
+    if subject.get("prompts"):
+        return len(subject.prompts)
+    return len(PROMPT_LISTS[subject.kind]) if subject.kind in PROMPT_LISTS else None
 
 
 def validate(cfg: DictConfig) -> None:

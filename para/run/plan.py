@@ -86,7 +86,7 @@ def disk(cfg: DictConfig, counts) -> dict[str, float]:
     written, keep = checkpoints_written(cfg, checkpoint), cfg.train.keep_checkpoints
     kept = written if keep <= 0 else min(written, keep)
     at_once = written if keep <= 0 else min(written, keep + 1)  # a new one is complete before old ones go
-    prompts = cfg.sample.num_prompts or 25
+    prompts = cfg.sample.num_prompts or (len(cfg.subject.prompts) if cfg.subject.get("prompts") else 25)
     side = cfg.sample.resolution or cfg.model.resolution
     samples = prompts * cfg.sample.images_per_prompt * side * side * 3 if cfg.sample.enabled else 0
     end = counts.adapter_file + samples

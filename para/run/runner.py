@@ -65,7 +65,7 @@ def run_dir_of(cfg: DictConfig) -> Path:
 
 
 def sample_prompts(cfg: DictConfig) -> list[PromptSpec]:
-    pairs = evaluation_prompts(cfg.subject.kind, cfg.data.token, cfg.subject.class_word)
+    pairs = evaluation_prompts(cfg.subject.kind, cfg.data.token, cfg.subject.class_word, cfg.subject.prompts)
     pairs = pairs[: cfg.sample.num_prompts] if cfg.sample.num_prompts else pairs
     return [PromptSpec(i, p, clean) for i, (p, clean) in enumerate(pairs)]
 
