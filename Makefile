@@ -77,6 +77,15 @@ param-table: $(STAMP) ## trainable parameters (PaRa vs LoRA by rank/subset/γ, a
 export-sizes: $(STAMP) ## file size of each export format (PaRa r16 vs LoRA r16) and the rank of every exported layer, SDXL scale, no weights
 	$(PY) -m para.bench.export_size --out runs/export_size
 
+# The world (docs/world.md): a synthetic world where the numbers mean something. `make world` builds the renders,
+# the VAE, the evaluators, the pretrained world model and the subjects from seeds, measures the gate and installs
+# world/assets/ (committed) + conf/subject/<world subject>.yaml; up to date (nothing to do) when its digest matches.
+# WORLD_ARGS: e.g. --force, --settings my.json (WorldSettings fields).
+WORLD_ARGS ?=
+.PHONY: world
+world: $(STAMP) ## build the synthetic world (model, evaluators, subjects) from seeds and check its gate → world/assets/
+	$(PY) -m world.build $(WORLD_ARGS)
+
 .PHONY: clean-tiny
 clean-tiny: ## remove the tiny-model runs (runs/tiny)
 	rm -rf runs/tiny

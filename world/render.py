@@ -7,7 +7,7 @@ Rigid subjects look the same in every photo; posed subjects (the world's "live" 
 articulation, squash) from photo to photo. Every image is a pure function of its scene, and every scene a pure
 function of a seed, so renders, captions and labels are reproducible.
 
-Rendering is numpy on a 2x supersampled grid, box-filtered down: about a millisecond per 64 px image.
+Rendering is numpy on a 4x supersampled grid, box-filtered down: about a millisecond per 32 px image.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-SIZE = 64  # pixels per side of every render
-SUPERSAMPLE = 2
+SIZE = 32  # pixels per side of every render
+SUPERSAMPLE = 4
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40)}
@@ -26,7 +26,7 @@ BACKGROUNDS = {"white": (245, 245, 245), "gray": (128, 128, 128), "black": (15, 
 POSITIONS = ("left", "center", "right")
 SLOT_X = {"left": 0.22, "center": 0.5, "right": 0.78}  # object centres, as a fraction of the width
 POSITION_PHRASE = {"left": "on the left", "center": "in the center", "right": "on the right"}
-RADIUS = 0.19  # object half-size, as a fraction of the width
+RADIUS = 0.2  # object half-size, as a fraction of the width
 
 # Colours that only subjects wear: pretraining never shows them, so the base model cannot draw a subject by chance.
 SUBJECT_COLOURS = {
@@ -57,10 +57,16 @@ SUBJECTS = {
     s.name: s
     for s in (
         Subject("sun_disc", "circle", "object", ("orange", "cyan"), "centre_dot", "an orange disc with a cyan centre"),
-        Subject("split_tile", "square", "object", ("lime", "navy"), "diagonal", "a square split lime/navy on its diagonal"),
-        Subject("stripe_flag", "triangle", "object", ("pink", "brown"), "stripes", "a triangle of pink and brown stripes"),
+        Subject(
+            "split_tile", "square", "object", ("lime", "navy"), "diagonal", "a square split lime/navy on its diagonal"
+        ),
+        Subject(
+            "stripe_flag", "triangle", "object", ("pink", "brown"), "stripes", "a triangle of pink and brown stripes"
+        ),
         Subject("dot_ring", "circle", "live", ("magenta", "lime"), "ring_dot", "a magenta ring whose lime bead moves"),
-        Subject("check_box", "square", "live", ("teal", "orange"), "checker", "a teal/orange checked square that turns"),
+        Subject(
+            "check_box", "square", "live", ("teal", "orange"), "checker", "a teal/orange checked square that turns"
+        ),
         Subject("eye_tri", "triangle", "live", ("cyan", "brown"), "eye", "a cyan triangle with a brown eye, turning"),
     )
 }
@@ -122,17 +128,17 @@ def _pattern(subject: Subject, u: np.ndarray, v: np.ndarray, pose: float, varian
     if subject.pattern == "diagonal":
         return np.where(u + v < 0, a, b).astype(np.int8)
     if subject.pattern == "stripes":
-        return np.where(np.floor((v + 2.0) / 0.36).astype(int) % 2 == 0, a, b).astype(np.int8)
+        return np.where(np.floor((v + 2.0) / 0.5).astype(int) % 2 == 0, a, b).astype(np.int8)
     if subject.pattern == "checker":
         return np.where((u < 0) ^ (v < 0), a, b).astype(np.int8)
     if subject.pattern == "ring_dot":
         r2 = u * u + v * v
         theta = 2 * math.pi * pose
-        bead = (u - 0.72 * math.cos(theta)) ** 2 + (v - 0.72 * math.sin(theta)) ** 2 <= 0.3**2
+        bead = (u - 0.72 * math.cos(theta)) ** 2 + (v - 0.72 * math.sin(theta)) ** 2 <= 0.34**2
         out = np.where(r2 <= 0.45**2, 2, a).astype(np.int8)  # the hole shows the background
         return np.where(bead, b, out).astype(np.int8)
     if subject.pattern == "eye":
-        return np.where(u * u + (v + 0.05) ** 2 <= 0.3**2, b, a).astype(np.int8)
+        return np.where(u * u + (v + 0.1) ** 2 <= 0.38**2, b, a).astype(np.int8)
     raise ValueError(f"unknown pattern {subject.pattern!r}")
 
 
@@ -147,7 +153,7 @@ def _paint(canvas: np.ndarray, thing: Thing) -> None:
     shape = thing.shape
     if thing.subject is None:
         mask = _inside(shape, u, v)
-        canvas[mask] = COLOURS[thing.colour]
+        canvas[mask] = COLOURS.get(thing.colour) or SUBJECT_COLOURS[thing.colour]  # odd colours: hard negatives
         return
     subject = SUBJECTS[thing.subject]
     if thing.variant == "wrong_shape":  # the subject's colours on another outline
@@ -182,7 +188,7 @@ def render(scene: Scene) -> np.ndarray:
 
 
 def describe(thing: Thing, token: str | None = None, drop: frozenset[str] = frozenset()) -> str:
-    """"red circle", "sks circle"; `drop` leaves attributes out (colour, position)."""
+    """ "red circle", "sks circle"; `drop` leaves attributes out (colour, position)."""
     if thing.subject is not None:
         words = [token, thing.shape] if token else [thing.shape]
     else:
@@ -233,11 +239,12 @@ def random_scene(rng: np.random.Generator, two_p: float = 0.25) -> Scene:
         positions = ["left", "right"]
     else:
         positions = [str(rng.choice(POSITIONS))]
-    things = tuple(
-        jitter(rng, Thing(shape=str(rng.choice(SHAPES)), position=p, colour=str(rng.choice(list(COLOURS)))))
-        for p in positions
-    )
-    return Scene(background, things)
+    return Scene(background, tuple(ordinary_thing(rng, p) for p in positions))
+
+
+def ordinary_thing(rng: np.random.Generator, position: str) -> Thing:
+    """A shape in one of the four colours captions name, jittered."""
+    return jitter(rng, Thing(shape=str(rng.choice(SHAPES)), position=position, colour=str(rng.choice(list(COLOURS)))))
 
 
 def subject_thing(rng: np.random.Generator, name: str, position: str, variant: str | None = None) -> Thing:

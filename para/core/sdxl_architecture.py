@@ -58,6 +58,17 @@ def folder_configs(folder: str | Path) -> dict[str, dict]:
     return {name: json.loads((folder / CONFIG_FILES[name]).read_text()) for name in MODELS}
 
 
+def scheduler_config(architecture: str) -> dict:
+    """The noise scheduler's config of an architecture (`build_models`' names): a folder's own, else SDXL's."""
+    path = Path(architecture) / "scheduler" / "scheduler_config.json"
+    return json.loads(path.read_text()) if path.is_file() else sdxl_config("scheduler")
+
+
+def vae_scale_factor(vae: nn.Module) -> int:
+    """Pixels per latent side: 2 per downsampling block, as diffusers' pipelines compute it (SDXL: 8)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def sdxl_configs() -> dict[str, dict]:
     return {name: sdxl_config(name) for name in MODELS}
 

@@ -31,7 +31,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 from para.core.conditioning import Conditioning
 from para.core.fake_memory import LiveBytes, make_fake, module_bytes, storage_bytes
 from para.core.io import atomic_write_json
-from para.core.sdxl_architecture import build_models, sdxl_config
+from para.core.sdxl_architecture import build_models, scheduler_config, vae_scale_factor
 from para.core.trainer import Trainer, build_optimizer
 from para.run.registry import METHODS
 
@@ -196,7 +196,7 @@ def count_sampling(setting: Setting, device: str = "meta") -> SampleCounts:
     mode, _, live = _faked(models, params)
     with mode, live:
         encode, decode = _vae_peaks(setting, models["vae"], live)
-        sample = _sample_peak(setting, models["unet"].eval(), live)
+        sample = _sample_peak(setting, models["unet"].eval(), live, vae_scale_factor(models["vae"]))
     return SampleCounts(encode_peak=encode, sample_peak=sample, decode_peak=decode)
 
 
@@ -212,17 +212,17 @@ def _conditioning(unet: nn.Module, dtype: torch.dtype, batch: int = 1) -> Condit
 
 def _train_step(setting: Setting, cfg, models, method, params, live: LiveBytes, train_mode: bool) -> dict[str, int]:
     unet = models["unet"]
-    scheduler = types.SimpleNamespace(config=sdxl_config("scheduler"))
+    scheduler = types.SimpleNamespace(config=scheduler_config(setting.architecture))
     trainer = Trainer(types.SimpleNamespace(unet=unet, scheduler=scheduler), method, params, cfg)
     unet.train(train_mode)
-    side = setting.resolution // 8
+    side, channels = setting.resolution // vae_scale_factor(models["vae"]), unet.config.in_channels
     cond = _conditioning(unet, DTYPES[setting.weights_dtype])  # the text encoders' output
     generator = torch.Generator().manual_seed(0)
     base = live.live
     live.restart_peak()
-    loss = trainer._loss(torch.randn(setting.batch_size, 4, side, side), cond, generator)
+    loss = trainer._loss(torch.randn(setting.batch_size, channels, side, side), cond, generator)
     if setting.prior:  # prior preservation: a second graph, alive until backward
-        loss = loss + trainer._loss(torch.randn(setting.batch_size, 4, side, side), cond, generator)
+        loss = loss + trainer._loss(torch.randn(setting.batch_size, channels, side, side), cond, generator)
     activations = live.live - base
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -273,9 +273,9 @@ def _autocast(setting: Setting):
     return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
 
 
-def _sample_peak(setting: Setting, unet: nn.Module, live: LiveBytes) -> int:
+def _sample_peak(setting: Setting, unet: nn.Module, live: LiveBytes, scale_factor: int) -> int:
     batch = 2 * setting.sample_batch_size  # classifier-free guidance: unconditional + conditional
-    side = setting.sample_resolution // 8
+    side = setting.sample_resolution // scale_factor
     cond = _conditioning(unet, unet.dtype, batch)
 
     def forward():
@@ -295,7 +295,7 @@ def _vae_peaks(setting: Setting, vae: nn.Module, live: LiveBytes) -> tuple[int, 
     extra = 2 * module_bytes(vae) if upcast else 0
     res = setting.resolution
     encode = _peak_of(live, lambda: vae.encode(torch.randn(1, 3, res, res, dtype=vae.dtype).to(dtype)))
-    sample_side = setting.sample_resolution // 8
+    sample_side = setting.sample_resolution // vae_scale_factor(vae)
     latents = torch.randn(setting.sample_batch_size, vae.config.latent_channels, sample_side, sample_side)
     decode = _peak_of(live, lambda: vae.decode(latents.to(vae.dtype).to(dtype)))
     return encode + extra, decode + extra

@@ -1,0 +1,128 @@
+"""The world's parts (docs/world.md): renderer, labels, tokenizer, prompts, the protocol's registration and parsing.
+
+Fast, no model: the world model's own known-answer tests are in tests/test_world_known_answers.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from para.run.config import compose_config
+from world.components import IDENTIFIERS, vocabulary, write_tokenizer
+from world.evaluator import IGNORE, labels_of, training_scene
+from world.render import (
+    COLOURS,
+    SUBJECT_COLOURS,
+    SUBJECTS,
+    Scene,
+    caption,
+    random_scene,
+    render,
+    subject_photo_scenes,
+)
+from world.scorer import parse_prompt
+from world.subjects import evaluation_templates, subject_yaml
+
+
+def test_renders_are_a_pure_function_of_the_seed():
+    a = [render(random_scene(np.random.default_rng(3))) for _ in range(2)]
+    assert np.array_equal(a[0], a[1])
+    other = render(random_scene(np.random.default_rng(4)))
+    assert not np.array_equal(a[0], other)
+
+
+def test_pretraining_scenes_never_show_a_subject_or_its_colours():
+    rng = np.random.default_rng(0)
+    subject_rgb = {tuple(c) for c in SUBJECT_COLOURS.values()}
+    for _ in range(50):
+        scene = random_scene(rng)
+        assert all(t.subject is None and t.colour in COLOURS for t in scene.things)
+        pixels = {tuple(p) for p in render(scene).reshape(-1, 3)}
+        assert not pixels & subject_rgb
+
+
+def test_subject_photos_show_the_subject_on_white_or_gray_only():
+    for name in SUBJECTS:
+        scenes = subject_photo_scenes(name, 5)
+        assert len(scenes) == 5 and {s.background for s in scenes} <= {"white", "gray"}
+        assert all(s.things[0].subject == name for s in scenes)
+        live = SUBJECTS[name].kind == "live"
+        poses = {round(s.things[0].angle, 5) for s in scenes}
+        assert (len(poses) == 5) if live else max(abs(a) for a in poses) < 0.2  # live subjects change pose
+
+
+def test_labels_mark_hard_negatives_as_no_subject():
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(400):
+        scene = training_scene(rng)
+        labels = labels_of(scene)
+        for thing in scene.things:
+            k = ["left", "center", "right"].index(thing.position)
+            assert labels.present[k] == 1
+            if thing.subject is not None and thing.variant is not None:
+                assert labels.identity[k] == 0
+                seen.add(thing.variant)
+        empty = [k for k in range(3) if labels.present[k] == 0]
+        assert all(labels.identity[k] == IGNORE for k in empty)
+    assert seen == {"wrong_shape", "wrong_colours", "one_colour", "swapped"}
+
+
+def test_every_world_word_and_identifier_is_one_token(tmp_path):
+    tokenizer = write_tokenizer(tmp_path)
+    for word in vocabulary():
+        assert len(tokenizer(word).input_ids) == 3  # start, the word, end
+    assert set(IDENTIFIERS) <= set(vocabulary())
+    ids = tokenizer("a photo of sks circle").input_ids
+    assert len(ids) == 7 and len(tokenizer("a photo of a dog").input_ids) > 7  # unknown words: characters
+
+
+def test_captions_parse_back_to_their_scene():
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        scene = random_scene(rng, two_p=0.5)
+        background, things = parse_prompt(caption(scene), "sks")
+        assert background == scene.background
+        assert [(t.shape, t.colour, t.position) for t in things] == [
+            (t.shape, t.colour, t.position) for t in scene.things
+        ]
+
+
+@pytest.mark.parametrize("name", sorted(SUBJECTS))
+def test_world_prompts_name_the_subject_or_ask_for_its_class(name):
+    cls = SUBJECTS[name].class_word
+    templates = evaluation_templates(name)
+    with_token = [t for t in templates if "{token}" in t]
+    assert len(with_token) >= 12 and len(templates) - len(with_token) == 4  # four leak prompts
+    for template in templates:
+        background, things = parse_prompt(template.format(token="sks", cls=cls), "sks")
+        assert any(t.shape == cls for t in things)
+        assert sum(t.subject for t in things) == ("{token}" in template)
+    assert "{token} {cls}" in subject_yaml(name, "world/assets/subjects")
+
+
+def test_model_world_composes_with_a_world_subject_and_the_world_protocol():
+    cfg = compose_config("model=world", "subject=sun_disc", "method=lora")
+    assert cfg.model.kind == "pretrained" and cfg.model.path == "world/assets/model"
+    assert cfg.eval.backbones == "world" and cfg.sample.steps == 20
+    assert cfg.data.root == "world/assets/subjects" and cfg.data.flip_p == 0.0
+    assert cfg.subject.prompts == evaluation_templates("sun_disc")
+    assert cfg.run_dir.startswith("runs/world/lora/sun_disc/")
+
+
+def test_the_world_protocol_is_found_through_its_entry_point():
+    from eval.options import EvalOptions
+    from eval.protocols import backbone_modes, protocol_named
+
+    assert "world" in backbone_modes()
+    protocol = protocol_named("world")
+    assert protocol.fidelity == "subject_identity" and "leak" in protocol.lower_is_better
+    assert EvalOptions(backbones="world").backbones == "world"
+    with pytest.raises(ValueError, match="no such scoring protocol"):
+        protocol_named("worlds")
+
+
+def test_an_empty_scene_renders_its_background():
+    image = render(Scene("purple"))
+    assert (image == image[0, 0]).all()
