@@ -143,3 +143,26 @@ def shared_tiny(monkeypatch, tiny_pipe_template):
         return pipe
 
     monkeypatch.setattr(models, "build_random_pipeline", build)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--mutation",
+        default=None,
+        help="run the session with one of tests/mutations.py's planted harness bugs (docs/world.md)",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def planted_mutation(request):
+    """`--mutation NAME`: the whole session runs with that harness bug in place (this process only)."""
+    name = request.config.getoption("--mutation")
+    if not name:
+        yield None
+        return
+    from mutations import MUTATIONS
+
+    if name not in MUTATIONS:
+        raise pytest.UsageError(f"--mutation {name}: expected one of {sorted(MUTATIONS)}")
+    with MUTATIONS[name]():
+        yield name

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from world.build import CACHE, ROOT, WorldSettings, build_evaluator, build_pipeline, build_vae, stage_digest
+from world.build import ASSETS, CACHE, ROOT, WorldSettings, build_evaluator, build_pipeline, build_vae, stage_digest
 from world.evaluator import Evaluator
 from world.gate import caption_fidelity, read_attributes, sample_images
 from world.render import SUBJECTS
@@ -94,19 +94,25 @@ def assemble(s: WorldSettings, out: Path, force: bool) -> int:
     started = time.perf_counter()
     staging = CACHE / f"staging-{digest}"
     shutil.rmtree(staging, ignore_errors=True)  # our own scratch folder
-    log.info("world: [1/5] VAE")
+    log.info("world: [1/4] VAE")
     vae, vae_digest, vae_info = build_vae(s)
-    log.info("world: [2/5] evaluator")
-    evaluator, _, evaluator_info = build_evaluator(s, vae, vae_digest)
-    log.info("world: [3/5] pretraining")
+    log.info("world: [2/4] evaluator (in a process of its own) and pretraining, side by side")
+    # Small convolutions scale poorly over threads: two one-thread processes do more than one two-thread one.
+    child = _start_evaluator(s)
+    torch.set_num_threads(max(1, s.threads - 1))
     pipe, _, pretrain_info = build_pipeline(s, vae, vae_digest, staging / "tokenizer")
-    log.info("world: [4/5] writing the model, the evaluator and the subjects")
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"the evaluator's process failed (exit code {child.exitcode}); see its output above")
+    evaluator, _, evaluator_info = build_evaluator(s, vae, vae_digest)  # now from the cache
+    torch.set_num_threads(s.threads)
+    log.info("world: [3/4] writing the model, the evaluator and the subjects")
     write_world(staging, pipe, evaluator, s)
     from diffusers import StableDiffusionXLPipeline
 
     # the gate measures the world as the harness will load it: the fp16 folder, read back in fp32
     saved = StableDiffusionXLPipeline.from_pretrained(staging / "model", dtype=torch.float32)
-    log.info("world: [5/5] gate")
+    log.info("world: [4/4] gate")
     gate, images, prompts = measure_gate(saved, evaluator, evaluator_info, s)
     sheet(images[:64], staging / "gate_samples.png")
     (staging / "gate_prompts.json").write_text(json.dumps(prompts[:64], indent=1))
@@ -129,8 +135,26 @@ def assemble(s: WorldSettings, out: Path, force: bool) -> int:
         return 1
     install(staging, out)
     write_configs(ROOT / "conf" / "subject", str((out / "subjects").relative_to(ROOT)))
+    if out == ASSETS:  # the documented world: docs/world.md shows its figures
+        from world.report import update_docs
+
+        update_docs(out / "build.json")
     log.info("world: installed in %s in %.0f s", out, info["build_seconds"])
     return 0
+
+
+def _evaluator_stage(s: WorldSettings) -> None:
+    torch.set_num_threads(1)
+    vae, vae_digest, _ = build_vae(s)  # from the cache the parent filled
+    build_evaluator(s, vae, vae_digest)
+
+
+def _start_evaluator(s: WorldSettings):
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(target=_evaluator_stage, args=(s,), daemon=True)
+    process.start()
+    return process
 
 
 def install(staging: Path, out: Path) -> None:

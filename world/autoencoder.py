@@ -44,7 +44,7 @@ def random_colour_image(rng: np.random.Generator) -> np.ndarray:
         second = [
             u + v < 0,
             u * u + v * v < rng.uniform(0.1, 0.5),
-            np.floor((v + 2) / 0.5) % 2 == 0,
+            np.floor((v + 2) / 0.7) % 2 == 0,
             (u < 0) ^ (v < 0),
             np.zeros_like(mask),
         ][style]
@@ -73,7 +73,14 @@ def random_crops(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.
 
 
 def train_vae(
-    vae: AutoencoderKL, steps: int, batch: int, seed: int, lr: float = 2e-3, kl: float = 1e-6, crop: int = SIZE
+    vae: AutoencoderKL,
+    steps: int,
+    batch: int,
+    seed: int,
+    lr: float = 2e-3,
+    kl: float = 1e-6,
+    crop: int = SIZE,
+    bf16: bool = True,
 ) -> dict:
     rng = np.random.default_rng([seed, 1])
     torch.manual_seed(seed)
@@ -83,8 +90,9 @@ def train_vae(
     losses = []
     for _ in tqdm(range(steps), desc="world: vae", dynamic_ncols=True):
         x = random_crops(to_pixels([training_image(rng) for _ in range(batch)]), crop, rng)
-        dist = vae.encode(x).latent_dist
-        y = vae.decode(dist.sample()).sample
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # ~2x faster on CPUs with bf16 units
+            dist = vae.encode(x).latent_dist
+            y = vae.decode(dist.sample()).sample.float()
         rec = (y - x).abs().mean() + ((y - x) ** 2).mean()
         loss = rec + kl * dist.kl().mean()
         opt.zero_grad(set_to_none=True)

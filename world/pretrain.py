@@ -38,6 +38,7 @@ class PretrainSettings:
     ema: float = 0.998
     min_snr: float = 5.0
     seed: int = 0
+    bf16: bool = False  # bf16 autocast for the forward pass (weights and optimizer stay fp32)
 
 
 def scene_pool(pipe: StableDiffusionXLPipeline, n: int, seed: int, two_p: float, progress: bool = True):
@@ -100,19 +101,22 @@ def pretrain(pipe: StableDiffusionXLPipeline, settings: PretrainSettings, progre
         idx = torch.from_numpy(index)
         latents = (means[idx] + stds[idx] * torch.randn_like(means[idx])) * scaling
         prompts = [random_caption(rng, scenes[i], s.drop_p, s.uncond_p) for i in index]
-        embeds, pooled = text(prompts)
         noise = torch.randn_like(latents)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (s.batch,))
         noisy = noise_scheduler.add_noise(latents, noise, t)
         target = noise_scheduler.get_velocity(latents, noise, t)
-        pred = pipe.unet(
-            noisy,
-            t,
-            encoder_hidden_states=embeds,
-            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(s.batch, -1)},
-        ).sample
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
+            embeds, pooled = text(prompts)
+            pred = pipe.unet(
+                noisy,
+                t,
+                encoder_hidden_states=embeds,
+                added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(s.batch, -1)},
+            ).sample.float()
         snr = alphas[t] / (1 - alphas[t])
-        weight = torch.clamp(snr, max=s.min_snr) / (snr + 1)  # min-SNR-γ for v-prediction
+        # min-SNR-γ, floored at 1 in x0 terms: the v-loss is x0's error x (snr + 1), min-SNR weighs x0's error by
+        # min(snr, γ), which all but ignores the high-noise steps where the layout (shape, place) is decided
+        weight = torch.clamp(snr, min=1.0, max=s.min_snr) / (snr + 1)
         loss = (weight * F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

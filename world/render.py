@@ -26,7 +26,7 @@ BACKGROUNDS = {"white": (245, 245, 245), "gray": (128, 128, 128), "black": (15, 
 POSITIONS = ("left", "center", "right")
 SLOT_X = {"left": 0.22, "center": 0.5, "right": 0.78}  # object centres, as a fraction of the width
 POSITION_PHRASE = {"left": "on the left", "center": "in the center", "right": "on the right"}
-RADIUS = 0.2  # object half-size, as a fraction of the width
+RADIUS = 0.22  # object half-size, as a fraction of the width
 
 # Colours that only subjects wear: pretraining never shows them, so the base model cannot draw a subject by chance.
 SUBJECT_COLOURS = {
@@ -112,7 +112,7 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "circle":
         return u * u + v * v <= 1.0
     if shape == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.86  # about a circle's area
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.95  # corners well outside the circle: 34 % further out
     if shape == "triangle":  # equilateral, pointing up, centroid at the origin, circumradius 1.35
         return (v <= 0.675) & (v >= -1.35 + 1.732 * np.abs(u))
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
@@ -128,17 +128,17 @@ def _pattern(subject: Subject, u: np.ndarray, v: np.ndarray, pose: float, varian
     if subject.pattern == "diagonal":
         return np.where(u + v < 0, a, b).astype(np.int8)
     if subject.pattern == "stripes":
-        return np.where(np.floor((v + 2.0) / 0.5).astype(int) % 2 == 0, a, b).astype(np.int8)
+        return np.where(np.floor((v + 2.0) / 0.7).astype(int) % 2 == 0, a, b).astype(np.int8)
     if subject.pattern == "checker":
         return np.where((u < 0) ^ (v < 0), a, b).astype(np.int8)
     if subject.pattern == "ring_dot":
         r2 = u * u + v * v
         theta = 2 * math.pi * pose
-        bead = (u - 0.72 * math.cos(theta)) ** 2 + (v - 0.72 * math.sin(theta)) ** 2 <= 0.34**2
+        bead = (u - 0.72 * math.cos(theta)) ** 2 + (v - 0.72 * math.sin(theta)) ** 2 <= 0.4**2
         out = np.where(r2 <= 0.45**2, 2, a).astype(np.int8)  # the hole shows the background
         return np.where(bead, b, out).astype(np.int8)
     if subject.pattern == "eye":
-        return np.where(u * u + (v + 0.1) ** 2 <= 0.38**2, b, a).astype(np.int8)
+        return np.where(u * u + (v + 0.1) ** 2 <= 0.45**2, b, a).astype(np.int8)
     raise ValueError(f"unknown pattern {subject.pattern!r}")
 
 
