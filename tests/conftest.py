@@ -19,7 +19,9 @@ DATA_ROOT = (REPO.parent / "shared" / "dreambooth" / "dataset").resolve()
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each, and in the
+    os.environ["OMP_NUM_THREADS"] = "1"  # runs they start (more oversubscribes the cores)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 def pytest_configure(config):

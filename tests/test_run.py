@@ -84,10 +84,10 @@ def test_failed_run_records_status_failed(quick_cfg, monkeypatch):
     assert metrics["status"] == "failed" and "injected failure" in metrics["error"]
 
 
-@pytest.mark.parametrize(
-    "method",
-    ["para", pytest.param("lora", marks=pytest.mark.slow), pytest.param("dreambooth", marks=pytest.mark.slow)],
-)
+# ~30 s each (three runs as processes): the slow set, which CI runs. The default suite resumes from checkpoints
+# in-process (tests/test_checkpoints.py; tests/test_folders.py: a SIGTERM mid-run).
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["para", "lora", "dreambooth"])
 def test_resume_after_sigkill_gives_the_same_adapter_and_losses(tmp_path, method):
     """Kill -9 mid-training, restart with resume=true: same adapter and loss curve as an uninterrupted run."""
     common = [
