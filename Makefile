@@ -35,12 +35,12 @@ demo: $(STAMP) ## install, then train PaRa on the real `dog` photos with the tin
 	$(PY) run.py method=para subject=dog model=tiny steps=100 logger=none eval.backbones=random \
 	  sample.num_prompts=4 sample.images_per_prompt=2 sample.steps=20 overwrite=true
 
-# Tests run in one pytest-xdist worker per core (at most 4), a test file per worker at a time (its module
-# fixtures are built once); TEST_JOBS=0 runs them in this process.
+# Tests run in one pytest-xdist worker per core (at most 4), a test file per worker at a time (tests/conftest.py
+# groups them); TEST_JOBS=0 runs them in this process.
 # TEST_ARGS adds pytest arguments, e.g. TEST_ARGS="-m slurm" or TEST_ARGS="tests/test_plan.py -x".
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 TEST_ARGS ?=
-PYTEST    := $(PY) -m pytest -q $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile)
+PYTEST    := $(PY) -m pytest -q $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadgroup)
 
 .PHONY: test
 test: $(STAMP) ## install, then run the default test suite (CPU, tiny models; ~N minutes on 2 cores, install included)

@@ -47,6 +47,12 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"PARA_REQUIRE={' '.join(required)}: the {group} tests cannot run: {reason}")
         for item in marked if reason else []:
             item.add_marker(pytest.mark.skip(reason=reason))
+    if config.pluginmanager.hasplugin("xdist"):
+        # `make test`'s workers (pytest-xdist --dist loadgroup) take a test file at a time, so that its module
+        # fixtures are built once, and the files sharing the costly session fixture `export_runs` together.
+        for item in items:
+            group = "export_runs" if "export_runs" in item.fixturenames else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_unconfigure(config):

@@ -55,8 +55,13 @@ def test_missing_weights_fail_fast_with_the_ways_out(tmp_path):
 
 
 def test_missing_single_file_checkpoint_names_the_file(tmp_path):
-    proc = _cli("model.path=/nowhere/sdxl.safetensors", f"hydra.run.dir={tmp_path / 'x'}")
-    assert proc.returncode == 2 and "/nowhere/sdxl.safetensors" in proc.stdout + proc.stderr
+    """The preflight `python run.py` runs (the command line's refusal itself: the test above)."""
+    from para.run.preflight import check_one
+
+    _, found, _ = check_one(["model.path=/nowhere/sdxl.safetensors", f"hydra.run.dir={tmp_path / 'x'}"])
+    (weights,) = [text for name, text in found if name == "weights"]
+    assert "/nowhere/sdxl.safetensors: no such file" in weights and "model=tiny" in weights
+    assert not (tmp_path / "x").exists()
 
 
 def test_finished_run_is_not_overwritten_unless_asked(quick_cfg, tmp_path):
