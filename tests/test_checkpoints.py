@@ -73,3 +73,29 @@ def test_resume_from_a_checkpoint_gives_the_uninterrupted_run(shared_tiny, tmp_p
     a, b = (load_file(tmp_path / name / "adapter.safetensors") for name in ("straight", "killed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "killed" / "checkpoints").exists()
+
+
+def test_a_new_run_says_it_starts_and_only_a_run_with_checkpoints_speaks_of_them(tmp_path, caplog):
+    """`make demo`'s first line on a fresh run reads as a start, not as a fault; a run whose checkpoints are all
+    unreadable says so (issue 24)."""
+    from types import SimpleNamespace
+
+    from para.core.checkpoint import save_checkpoint
+
+    def resume(folder):
+        trainer = SimpleNamespace(
+            checkpoint_dir=folder, method=SimpleNamespace(name="para"), cfg=SimpleNamespace(steps=4)
+        )
+        caplog.clear()
+        with caplog.at_level("INFO", logger="para.core.trainer"):
+            assert Trainer._resume(trainer) == (0, [], None)
+        return caplog.text
+
+    for fresh in (None, tmp_path / "none-yet"):
+        said = resume(fresh)
+        assert "from step 0" in said and "checkpoint" not in said
+    folder = tmp_path / "checkpoints"
+    save_checkpoint(folder, 2, {"w": torch.zeros(1)}, {"state": {}, "param_groups": []}, {"losses": [1.0]}, keep=2)
+    (folder / "step000002" / "trainable.safetensors").write_bytes(b"cut")
+    said = resume(folder)
+    assert "no readable checkpoint in" in said and "step000002" in said

@@ -182,6 +182,11 @@ def test_every_python_m_entry_point_in_the_docs_exists():
     assert named and not missing
 
 
-def test_bench_runs_as_a_package():
-    out = subprocess.run([sys.executable, "-m", "para.bench", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0 and "--models" in out.stdout
+def test_bench_runs_as_a_package(monkeypatch, capsys):
+    """`python -m para.bench --help`, run as `-m` runs it (runpy), in this process."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["para.bench", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("para.bench", run_name="__main__", alter_sys=True)
+    assert exit_.value.code == 0 and "--models" in capsys.readouterr().out

@@ -11,8 +11,10 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from para.core import lock as locking
 from para.core.lock import LOCK_NAME, FolderBusy, FolderLock, Holder, read_holder
@@ -163,8 +165,11 @@ def test_a_broken_class_image_is_made_again(quick_cfg, tiny_pipe, tmp_path):
     (folder,) = (tmp_path / "tiny" / "dog").iterdir()
     assert folder.name.startswith("seed0-")  # named by how the images are made: another seed, another folder
     made = (folder / "p00_i00.png").read_bytes()
+    pixels = np.asarray(Image.open(folder / "p00_i00.png"), dtype=np.int16)
     (folder / "p00_i00.png").write_bytes(made[: len(made) // 2])
     (folder / "notes.txt").write_text("not a class image: never read")
     latents, prompt = Run(cfg)._prior(tiny_pipe)
-    assert prompt == "a photo of dog" and (folder / "p00_i00.png").read_bytes() == made
+    assert prompt == "a photo of dog"
+    # the same image: made alone now, in a batch of two before (batched matmuls may round 1/255 differently)
+    assert np.abs(np.asarray(Image.open(folder / "p00_i00.png"), dtype=np.int16) - pixels).max() <= 1
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "p00_i00.png", "p00_i01.png", "prompts.json"]

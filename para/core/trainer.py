@@ -278,7 +278,11 @@ class Trainer:
     def _resume(self) -> tuple[int, list[float], int | None]:
         found = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
         if found is None:
-            log.info("no readable checkpoint in %s: training from step 0", self.checkpoint_dir)
+            had_some = self.checkpoint_dir is not None and any(self.checkpoint_dir.glob("step*"))
+            if had_some:  # each unreadable one was named by latest_checkpoint
+                log.warning("no readable checkpoint in %s: training from step 0", self.checkpoint_dir)
+            else:
+                log.info("training %s for %d steps, from step 0", self.method.name, self.cfg.steps)
             return 0, [], None
         path, (trainable, optimizer, extra) = found
         check_resumable(path, extra, self.method.name, self.cfg.steps)

@@ -29,6 +29,7 @@ class Cell:
     cfg: DictConfig
     run_dir: Path
     shared: dict[str, Any] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)  # the checks that found problems so far
 
 
 @dataclass
@@ -200,10 +201,12 @@ def devices(cell: Cell) -> Iterable[str]:
 
 def resource_plan(cell: Cell) -> dict[str, Any] | None:
     """The run's resource plan (para.run.plan: memory and disk, counted on the meta device), once per cell; None
-    when `plan.check=false` or when the plan cannot count this run (the run itself will tell)."""
+    when `plan.check=false`, when the plan cannot count this run (the run itself will tell), or when the weights
+    are missing: such a run has no plan to count (counting SDXL's plan cold takes longer than fixing the weights),
+    and its refusal names the weights at once."""
     if "resources" not in cell.shared:
         cell.shared["resources"] = None
-        if cell.cfg.plan.check:
+        if cell.cfg.plan.check and "weights" not in cell.failed:
             from para.run.plan import estimate
 
             try:

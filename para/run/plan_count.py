@@ -9,7 +9,8 @@ batch) and the VAE's encode and decode. Nothing is guessed except what a CPU can
 AdamW, whose state is computed from its layout (below).
 
 Counts are cached in memory and, per architecture and settings, as JSON files (`plan.cache_dir`), so the
-check before every run costs seconds once per setting.
+check before every run costs seconds once per setting; SDXL's common settings ship with the package
+(para.run.plan_shipped), so a fresh checkout counts none of them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from para.core.fake_memory import LiveBytes, make_fake, module_bytes, storage_by
 from para.core.io import atomic_write_json
 from para.core.sdxl_architecture import build_models, scheduler_config, vae_scale_factor
 from para.core.trainer import Trainer, build_optimizer
+from para.run import plan_shipped
+from para.run.plan_shipped import library_versions
 from para.run.registry import METHODS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,10 +63,17 @@ class Setting:
     sample_batch_size: int
 
     def key(self, part: str) -> str:
-        """Cache key of the `train` or `sample` counts: only the fields that part depends on."""
+        """Cache key of the `train` or `sample` counts: only the fields that part depends on, and the code."""
+        return self._digest(part, _code_version())
+
+    def shipped_key(self, part: str) -> str:
+        """Key of the counts shipped with the package (para.run.plan_shipped): library versions, not the code."""
+        return self._digest(part, library_versions())
+
+    def _digest(self, part: str, version: str) -> str:
         skip = TRAIN_ONLY if part == "sample" else SAMPLE_ONLY
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        text = json.dumps(fields, sort_keys=True) + part + _code_version()
+        text = json.dumps(fields, sort_keys=True) + part + version
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -103,7 +113,7 @@ def _code_version() -> str:
     """Counts depend on the methods' and the trainer's code: a change there invalidates cached counts."""
     root = Path(__file__).resolve().parents[2]
     files = sorted([*root.glob("para/*.py"), *root.glob("baselines/*.py"), root / "para/core/trainer.py"])
-    digest = hashlib.sha1(torch.__version__.encode())
+    digest = hashlib.sha1(library_versions().encode())
     for path in [*files, Path(__file__), root / "para/core/fake_memory.py"]:
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -304,25 +314,36 @@ def _vae_peaks(setting: Setting, vae: nn.Module, live: LiveBytes) -> tuple[int, 
 _MEMORY: dict[str, object] = {}
 
 
-def _cached(key: str, cls: type, cache_dir: str | None, compute):
-    """`compute()` once per key: in this process, and in `cache_dir/<key>.json` across processes."""
-    if key in _MEMORY:
-        return _MEMORY[key]
+def forget() -> None:
+    """Drop the counts this process holds (the next plan looks in `plan.cache_dir`, the shipped table, or counts)."""
+    _MEMORY.clear()
+
+
+def _cached(setting: Setting, part: str, cls: type, cache_dir: str | None, compute):
+    """`compute()` once per setting and part: in this process, in `cache_dir/<key>.json` across processes, and
+    not at all for the settings shipped with the package (para.run.plan_shipped)."""
+    key = setting.key(part)
+    if key not in _MEMORY:
+        _MEMORY[key] = _stored(key, cls, cache_dir) or plan_shipped.lookup(setting.shipped_key(part), cls)
+    if _MEMORY[key] is None:
+        _MEMORY[key] = compute()
+        if cache_dir:
+            atomic_write_json(Path(cache_dir) / f"{key}.json", dataclasses.asdict(_MEMORY[key]))
+    plan_shipped.record(setting.shipped_key(part), _MEMORY[key])
+    return _MEMORY[key]
+
+
+def _stored(key: str, cls: type, cache_dir: str | None):
     path = Path(cache_dir) / f"{key}.json" if cache_dir else None
     if path and path.is_file():
         try:
-            _MEMORY[key] = cls(**json.loads(path.read_text()))
-            return _MEMORY[key]
+            return cls(**json.loads(path.read_text()))
         except (ValueError, TypeError):
             pass  # an unreadable or outdated cache file is recounted and rewritten
-    counts = compute()
-    if path:
-        atomic_write_json(path, dataclasses.asdict(counts))
-    _MEMORY[key] = counts
-    return counts
+    return None
 
 
 def cached_counts(setting: Setting, cfg, cache_dir: str | None) -> tuple[TrainCounts, SampleCounts]:
-    train = _cached(setting.key("train"), TrainCounts, cache_dir, lambda: count_training(setting, cfg))
-    sample = _cached(setting.key("sample"), SampleCounts, cache_dir, lambda: count_sampling(setting))
+    train = _cached(setting, "train", TrainCounts, cache_dir, lambda: count_training(setting, cfg))
+    sample = _cached(setting, "sample", SampleCounts, cache_dir, lambda: count_sampling(setting))
     return train, sample

@@ -51,12 +51,12 @@ def problems(cfg: DictConfig, run_dir: Path, skip: Iterable[str] = ()) -> list[t
 
 
 def run_checks(cell: Cell, skip: Iterable[str] = ()) -> list[tuple[str, str]]:
-    failed, found = set(), []
+    found = []
     for c in CHECKS:
-        if c.name in skip or failed & set(c.requires):
+        if c.name in skip or cell.failed & set(c.requires):
             continue
         mine = [(c.name, p) for p in c.run(cell)]
-        failed |= {c.name} if mine else set()
+        cell.failed |= {c.name} if mine else set()
         found += mine
     return found
 
