@@ -100,6 +100,10 @@ WORLD_ARGS ?=
 world: $(STAMP) ## build the synthetic world (model, evaluators, subjects) from seeds and check its gate → world/assets/
 	$(PY) -m world.build $(WORLD_ARGS)
 
+.PHONY: mutation-check
+mutation-check: $(STAMP) ## each planted harness bug (tests/mutations.py) vs the random-weight suite and the world's known answers → docs/world.md
+	$(PY) scripts/mutation_check.py
+
 .PHONY: clean-tiny
 clean-tiny: ## remove the tiny-model runs (runs/tiny)
 	rm -rf runs/tiny

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from mutations import MUTATIONS
+
 from para.run.config import compose_config
 from para.run.runner import execute
 from world.scorer import ASSETS
@@ -27,8 +27,9 @@ QUICK = ["logger=none", "sample.num_prompts=8", "sample.images_per_prompt=2", "p
 
 
 def world_run(run_dir: Path, method: str, *overrides: str) -> dict:
-    cfg = compose_config("model=world", f"subject={SUBJECT}", f"method={method}", f"run_dir={run_dir}", *QUICK,
-                         *overrides)
+    cfg = compose_config(
+        "model=world", f"subject={SUBJECT}", f"method={method}", f"run_dir={run_dir}", *QUICK, *overrides
+    )
     return execute(cfg)
 
 

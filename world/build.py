@@ -32,13 +32,17 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 CACHE = ROOT / "runs" / ".cache" / "world"
 
 
+# The modules whose code decides what the build makes (the scorer, the report and the harness do not).
+BUILD_CODE = ("render", "components", "autoencoder", "evaluator", "pretrain", "gate", "subjects", "build", "assemble")
+
+
 @dataclass
 class WorldSettings:
     seed: int = 0
-    unet_width: int = 64
-    vae_steps: int = 1500
+    unet_width: int = 48  # 64 also passes the gate at 2/3 of the samples, for 1.6x the compute per sample
+    vae_steps: int = 3500
     vae_batch: int = 32
-    evaluator_steps: int = 1200
+    evaluator_steps: int = 2000
     evaluator_batch: int = 128
     pretrain: PretrainSettings = field(default_factory=PretrainSettings)
     photos_per_subject: int = 5
@@ -51,9 +55,9 @@ class WorldSettings:
 
 def code_digest() -> str:
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+    for name in BUILD_CODE:
+        digest.update(name.encode())
+        digest.update((Path(__file__).resolve().parent / f"{name}.py").read_bytes())
     return digest.hexdigest()
 
 

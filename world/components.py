@@ -18,14 +18,14 @@ from world.render import BACKGROUNDS, COLOURS, POSITION_PHRASE, SHAPES, SUBJECTS
 
 TEXT_HIDDEN = (64, 64)  # encoder 1, encoder 2 (SDXL: 768, 1280); the UNet attends to their concatenation
 TIME_DIM = 16  # SDXL: 256 per time id
-LATENT_CHANNELS = 16
+LATENT_CHANNELS = 8
 IDENTIFIERS = ("sks", "zwx")  # rare tokens: in the vocabulary, never in a pretraining caption
 # Tokens per prompt (SDXL: 77). The longest world prompt has 22 tokens with its start and end; the pipeline pads
 # every prompt to this length, so a short one makes every cross-attention 2.4x cheaper than 77 would.
 MAX_TOKENS = 32
 
 
-def unet_config(width: int = 64, layers: int = 1) -> dict:
+def unet_config(width: int = 48, layers: int = 1) -> dict:
     """Cross-attention at both latent levels (8x8 and 4x4) and in the mid block: WORLD.md found attention only at
     4x4 too coarse to bind words to outlines and places."""
     return dict(
@@ -49,7 +49,7 @@ def unet_config(width: int = 64, layers: int = 1) -> dict:
 
 def vae_config() -> dict:
     return dict(
-        # three blocks, two downsamplings: 4x (SDXL: 8x) on 32 px renders, 8x8 latents of 16 channels, 3x fewer
+        # three blocks, two downsamplings: 4x (SDXL: 8x) on 32 px renders, 8x8 latents of 8 channels, 6x fewer
         # numbers than pixels (SDXL: 48x), so a small VAE trained for minutes keeps the subjects' patterns
         block_out_channels=[32, 64, 64],
         in_channels=3,
@@ -140,7 +140,7 @@ def write_tokenizer(folder: Path) -> CLIPTokenizer:
     return tokenizer
 
 
-def build_models(vocab_size: int, seed: int, width: int = 64, layers: int = 1) -> dict[str, torch.nn.Module]:
+def build_models(vocab_size: int, seed: int, width: int = 48, layers: int = 1) -> dict[str, torch.nn.Module]:
     torch.manual_seed(seed)
     return {
         "unet": UNet2DConditionModel(**unet_config(width, layers)),

@@ -28,10 +28,10 @@ ATTRIBUTES = ("colour", "position", "background")
 
 @dataclass
 class PretrainSettings:
-    steps: int = 3000
-    batch: int = 128
+    steps: int = 3500
+    batch: int = 64
     lr: float = 1e-3
-    pool: int = 40_000  # distinct scenes, encoded once by the VAE; captions vary every time a scene is drawn
+    pool: int = 20_000  # distinct scenes, encoded once by the VAE; captions vary every time a scene is drawn
     drop_p: float = 0.2
     uncond_p: float = 0.1
     two_p: float = 0.25  # scenes with two objects (left and right)

@@ -52,8 +52,8 @@ def gate_markdown(build: dict) -> str:
     )
     identity = gate["base_identity"]
     lines.append(
-        f"| base model's samples of each subject's prompts: subject identity | ≤ {gate['thresholds']['base_identity']} "
-        f"| highest {max(identity.values()):.4f}; " + ", ".join(f"{k} {v:.4f}" for k, v in identity.items()) + " |"
+        "| base model's samples of each subject's prompts: subject identity "
+        f"| ≤ {gate['thresholds']['base_identity']} | highest {max(identity.values()):.4f}; " + ", ".join(f"{k} {v:.4f}" for k, v in identity.items()) + " |"
     )
     for attribute, row in gate["caption_fidelity"].items():
         lo, hi = row["ci95"]

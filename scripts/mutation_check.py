@@ -1,0 +1,85 @@
+"""`make mutation-check`: each planted harness bug of tests/mutations.py against the random-weight suite and against
+the world's known-answer tests; the table goes to docs/world.md ("Mutation check") and runs/world/mutations.json.
+
+A bug is *caught* when a known-answer test fails with it; the random-weight suite passing with it is what makes the
+world necessary. Runs each suite once per bug (about 5 minutes a bug on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from mutations import MUTATIONS  # noqa: E402
+
+from world.report import DOC, replace_section  # noqa: E402
+
+KNOWN = "tests/test_world_known_answers.py"
+SUMMARY = re.compile(r"(\d+) (passed|failed|error|errors)")
+
+
+def pytest(args: list[str]) -> tuple[dict[str, int], list[str]]:
+    """Counts by outcome and the ids of the failed tests."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", *args]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout
+    counts: dict[str, int] = {}
+    for n, outcome in SUMMARY.findall(out.splitlines()[-1] if out.strip() else ""):
+        counts[outcome.rstrip("s")] = int(n)
+    failed = [line.split()[1] for line in out.splitlines() if line.startswith("FAILED ")]
+    return counts, failed
+
+
+def check(name: str, jobs: int) -> dict:
+    suite, suite_failed = pytest(["-m", "not slow", "-n", str(jobs), "--ignore", KNOWN, "--mutation", name])
+    known, known_failed = pytest([KNOWN, "-m", "not slow", "--mutation", name])
+    return {
+        "bug": name,
+        "doc": " ".join(MUTATIONS[name].__doc__.split()),
+        "random_weight_suite": suite,
+        "random_weight_failures": suite_failed,
+        "known_answers": known,
+        "caught_by": known_failed,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| planted bug | random-weight suite | caught by (world known-answer tests that fail) |",
+        "|---|---|---|",
+    ]
+    for row in rows:
+        suite = ", ".join(f"{n} {k}" for k, n in row["random_weight_suite"].items())
+        caught = "<br>".join(f"`{t.split('::', 1)[1]}`" for t in row["caught_by"]) or "**not caught**"
+        lines.append(f"| `{row['bug']}`: {row['doc']} | {suite} | {caught} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python scripts/mutation_check.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--bugs", nargs="+", default=sorted(MUTATIONS), choices=sorted(MUTATIONS))
+    parser.add_argument("--jobs", type=int, default=2, help="pytest-xdist workers for the random-weight suite")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "world" / "mutations.json")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.bugs:
+        print(f"mutation {name} ...", flush=True)
+        rows.append(check(name, args.jobs))
+        print(json.dumps(rows[-1]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+    if args.bugs == sorted(MUTATIONS):  # the documented table covers every bug
+        DOC.write_text(replace_section(DOC.read_text(), "mutations", table(rows)))
+    caught = all(row["caught_by"] for row in rows)
+    print(table(rows))
+    return 0 if caught else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
