@@ -129,6 +129,22 @@ def architecture_of(model_cfg) -> tuple[str, str | None]:
     return "sdxl", f"the configs of {folder} are not on this machine: SDXL 1.0 base's architecture assumed"
 
 
+def is_sdxl_size(model_cfg) -> bool:
+    """Whether the base model has SDXL's real size (its UNet's block widths and transformer depths), read from
+    configs only: real weights, or a random-weight folder of the real layout (`make rehearsal`)."""
+    architecture, _ = architecture_of(model_cfg)
+    if architecture.startswith("random-"):
+        return False
+    if architecture == "sdxl":
+        return True
+    try:
+        unet = json.loads((Path(architecture) / CONFIG_FILES["unet"]).read_text())
+    except (OSError, ValueError):  # no readable UNet config: the plan assumes SDXL's architecture then
+        return True
+    keys = ("block_out_channels", "transformer_layers_per_block")
+    return all(unet.get(key) == sdxl_unet_config()[key] for key in keys)
+
+
 def _cached_hub_folder(repo: str, revision: str | None) -> str | None:
     """The local snapshot of a hub repo if its configs are cached (never downloads)."""
     from huggingface_hub import try_to_load_from_cache
