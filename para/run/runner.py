@@ -28,7 +28,7 @@ from para.core.io import atomic_write_json, atomic_write_text
 from para.core.lock import FolderLock
 from para.core.memory import current_mb, peak_mb, reset_peak
 from para.core.method import Method
-from para.core.models import load_pipeline, model_id, resolve_device
+from para.core.models import load_pipeline, model_id, resolve_device, watermarked
 from para.core.prompts import evaluation_prompts
 from para.core.provenance import provenance
 from para.core.residency import Offload
@@ -141,6 +141,7 @@ class Run:
                 "model_id": model_id(cfg.model),
                 "model_kind": cfg.model.kind,
                 "base_weights_pretrained": cfg.model.kind == "pretrained",
+                "watermarked": watermarked(pipe),  # never: samples are scored as the model draws them
             },
         )
         exit_code, logger = 1, None
@@ -284,6 +285,7 @@ class Run:
         cfg, sc = self.cfg, self.cfg.sample
         prompt = cfg.train.class_prompt_template.format(class_word=cfg.subject.class_word)
         made_by = [model_id(cfg.model), cfg.model.weights_dtype, prompt, sc.steps, sc.guidance, sc.scheduler]
+        made_by.append("unwatermarked")  # images of older versions may carry invisible_watermark's stamp
         digest = hashlib.sha256(json.dumps([*made_by, self.resolution]).encode()).hexdigest()[:12]
         class_dir = cfg.subject.class_word.replace(" ", "_")
         images = Path(cfg.train.class_images_dir) / cfg.model.name / class_dir / f"seed{cfg.seed}-{digest}"
