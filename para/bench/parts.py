@@ -31,7 +31,7 @@ PROMPT = PromptSpec(0, "a photo of sks dog", "a photo of dog")
 VARIANTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "para": ("para", ()),
     "lora": ("lora", ()),
-    "lora_attn": ("lora", ("method.subset=attn",)),
+    "lora_attn": ("lora_attn", ()),
     "dreambooth": ("dreambooth", ()),
     "frozen": (None, ()),
 }

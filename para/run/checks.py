@@ -56,6 +56,15 @@ def config_ranges(cell: Cell) -> Iterable[str]:
     return config_problems(cell.cfg)
 
 
+@standard("optimizer", requires=("config",))
+def optimizer_installed(cell: Cell) -> Iterable[str]:
+    """The optimizer's package is there (8-bit AdamW: bitsandbytes, the `gpu` extra)."""
+    from para.core.trainer import missing_optimizer_package
+
+    missing = missing_optimizer_package(cell.cfg.train.optimizer)
+    return [f"{missing}; or train.optimizer=adamw (or adafactor)"] if missing else []
+
+
 @standard("method", requires=("config",))
 def method_on_model(cell: Cell) -> Iterable[str]:
     """The method attached to the model's real architecture on the meta device: a layer subset that matches no

@@ -43,6 +43,9 @@ class SubjectConfig:
     # the subject's own evaluation prompts instead of DreamBench's ({token}, {cls} filled in; a prompt without
     # {token} asks for an ordinary member of the class, to see whether the subject leaks into it)
     prompts: list[str] | None = None
+    # false: never mirrored in training, whatever data.flip_p (text, logos or asymmetric print would be learnt
+    # mirrored); conf/subject/ sets it from the photos
+    flip: bool = True
 
 
 @dataclass
@@ -50,7 +53,7 @@ class DataConfig:
     root: str = "../shared/dreambooth/dataset"  # a google/dreambooth clone's `dataset/` folder works too
     token: str = "sks"  # the rare identifier token of DreamBooth
     prompt_template: str = "a photo of {token} {class_word}"
-    flip_p: float = 0.5  # horizontal-flip probability (latents of both orientations are cached)
+    flip_p: float = 0.5  # horizontal-flip probability (both orientations' latents cached); none if subject.flip=false
     min_image_side: int = 16  # photos smaller than this are refused (a 1x1 image is almost surely a broken file)
     images: list[str] | None = None  # train on these photo file names only (e.g. [00.jpg] for editing); None = all
     # SDXL's original_size micro-conditioning while training. photo: each photo's true size and crop corner

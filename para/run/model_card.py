@@ -151,6 +151,7 @@ def _trained(cfg: DictConfig, metrics: dict, data: ModelCardData) -> list[str]:
         ("subject", f"`{cfg.subject.name}` (class {cfg.subject.class_word!r}), photos of the DreamBooth dataset"),
         ("instance prompt", f"`{data.instance_prompt}`"),
         ("steps, seed, resolution", f"{cfg.steps}, {cfg.seed}, {cfg.model.resolution} px"),
+        ("optimizer, learning rate", f"{cfg.train.optimizer}, {cfg.method.lr:g}"),
         (
             "trainable parameters",
             f"{metrics.get('trainable_params', '–'):,}" if isinstance(metrics.get("trainable_params"), int) else "–",

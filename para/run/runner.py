@@ -64,6 +64,12 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.run_dir)
 
 
+def flip_p(cfg: DictConfig) -> float:
+    """The training photos' mirror probability: `data.flip_p`, unless the subject must not be mirrored (text, logos,
+    asymmetric print: `subject.flip=false` in conf/subject/)."""
+    return cfg.data.flip_p if cfg.subject.flip else 0.0
+
+
 def sample_prompts(cfg: DictConfig) -> list[PromptSpec]:
     pairs = evaluation_prompts(cfg.subject.kind, cfg.data.token, cfg.subject.class_word, cfg.subject.prompts)
     pairs = pairs[: cfg.sample.num_prompts] if cfg.sample.num_prompts else pairs
@@ -207,7 +213,7 @@ class Run:
         cfg = self.cfg
         pixels, sizes = photos
         time_ids = photo_time_ids(sizes, self.resolution) if cfg.data.original_size == "photo" else None
-        instance = SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=cfg.train.cache_latents, time_ids=time_ids)
+        instance = SubjectLatents(pipe, pixels, flip_p(cfg), cache=cfg.train.cache_latents, time_ids=time_ids)
         prompt = instance_prompt(cfg.data.prompt_template, cfg.data.token, cfg.subject.class_word)
         trainer = Trainer(
             pipe, method, params, cfg, checkpoint_dir=self.run_dir / "checkpoints", train_text=train_text
@@ -306,7 +312,7 @@ class Run:
             scheduler=sc.scheduler,
         )
         pixels = load_images(files, self.resolution)  # exactly these: the folder may hold more (other counts)
-        return SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=True), prompt
+        return SubjectLatents(pipe, pixels, flip_p(cfg), cache=True), prompt  # mirrored only as the subject is
 
 
 def _train_info(result: TrainResult, method: Method) -> dict:
