@@ -291,7 +291,7 @@ def check(cfg: DictConfig, run_dir: Path | None = None) -> list[str]:
 
 
 # --- `make plan` ----------------------------------------------------------------------------------------
-# DreamBooth's memory options (docs/methods.md "DreamBooth memory" is this table, as `make plan` prints it)
+# DreamBooth's memory options (docs/methods.md "DreamBooth" shows this table, as `make plan` prints it)
 DREAMBOOTH_OPTIONS = {
     "AdamW": [("train.optimizer", "adamw"), ("train.gradient_checkpointing", False)],
     "AdamW + checkpointing": [("train.optimizer", "adamw"), ("train.gradient_checkpointing", True)],
