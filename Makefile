@@ -138,8 +138,9 @@ FORCE:
 table1-cells: $(TABLE1_CELLS)
 
 # Every unfinished cell's inputs (weights, photos, eval backbones, device, memory, disk, run folder) are checked before the
-# first one trains; all problems are listed at once. SLURM cells run on other machines: their device is not ours.
-PREFLIGHT_ARGS_slurm := --skip device
+# first one trains; all problems are listed at once. SLURM cells run on other machines: their device (and GPU) is
+# not ours.
+PREFLIGHT_ARGS_slurm := --skip device --skip gpu
 preflight-table1: $(STAMP) ## check every unfinished Table 1 cell's inputs, list all problems, write nothing
 	$(if $(UNFINISHED),$(PY) -m para.run.preflight $(PREFLIGHT_ARGS_$(LAUNCHER)) $(TABLE1_COMMON) \
 	  $(foreach f,$(UNFINISHED),--cell "$(CELL_ARGS_$(f))"),@echo "preflight: every Table 1 cell is finished")

@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO, compose_config
 from omegaconf import OmegaConf
 
-from para.run.checks import Cell, devices
+from para.run import preflight
+from para.run.checks import Cell, sdxl_on_a_gpu
 
 PROBE = ("CUDA_VISIBLE_DEVICES",)  # os.getenv(*PROBE) in the job: what the cell's torch would see
 
@@ -135,12 +136,14 @@ def test_sdxl_is_refused_before_loading_when_it_would_run_on_the_cpu(monkeypatch
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
     def problems(*overrides: str) -> list[str]:
-        return list(devices(Cell(compose_config("model=sdxl", f"run_dir={tmp_path}", *overrides), tmp_path)))
+        return list(sdxl_on_a_gpu(Cell(compose_config("model=sdxl", f"run_dir={tmp_path}", *overrides), tmp_path)))
 
     (problem,) = problems()
     assert "would run on the CPU" in problem and "CUDA_VISIBLE_DEVICES=''" in problem and "device=cpu" in problem
+    found = [name for name, _ in preflight.problems(compose_config("model=sdxl", f"run_dir={tmp_path}"), tmp_path)]
+    assert "gpu" in found and "memory" not in found  # no plan against the RAM of a CPU it will not run on
     assert problems("device=cpu") == []  # asked for on purpose (make rehearsal)
-    assert list(devices(Cell(compose_config("model=tiny", f"run_dir={tmp_path}"), tmp_path))) == []
+    assert list(sdxl_on_a_gpu(Cell(compose_config("model=tiny", f"run_dir={tmp_path}"), tmp_path))) == []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert problems() == []  # a card is there: auto takes it

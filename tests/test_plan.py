@@ -135,7 +135,7 @@ def test_training_peak_leaves_out_the_parts_parked_on_the_cpu(dreambooth_tiny):
 
 
 def test_disk_counts_checkpoints_as_the_trainer_writes_them(monkeypatch, tmp_path):
-    counts = SimpleNamespace(checkpoint_trainable=2 * 2**30, optimizer_state={"adafactor": 2**30}, adapter_file=0)
+    counts = SimpleNamespace(checkpoint_trainable=2 * 2**30, optimizer_state={"adamw": 2**30}, adapter_file=0)
     cfg = _cuda_cfg("steps=1000", "train.checkpoint_every=100", "sample.enabled=false")
     disk = plan.disk(cfg, counts)  # steps 100 … 900: 9 written; 2 kept; a third is complete before one goes
     assert (disk["checkpoint_gb"], disk["checkpoints_kept"], disk["disk_peak_gb"]) == (3, 2, 9)

@@ -198,32 +198,34 @@ def device_problem(key: str, name: str) -> str | None:
     return None
 
 
-def sdxl_on_cpu_problem(cfg: DictConfig) -> str | None:
-    """Why SDXL-sized weights must not quietly run on the CPU: `device=auto` found no GPU (a launcher that hid
-    the card, a machine without one). Hours per cell in fp32, and not the paper's setup; `device=cpu` asks for
-    it on purpose (e.g. `make rehearsal`)."""
-    if cfg.device != "auto" or cfg.model.kind != "pretrained" or torch.cuda.is_available():
-        return None
-    from para.core.sdxl_architecture import is_sdxl_size
-
-    if not is_sdxl_size(cfg.model):
-        return None
-    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
-    why = f"CUDA_VISIBLE_DEVICES={hidden!r} hides every card" if hidden is not None else "no usable CUDA GPU here"
-    return (
-        f"model={cfg.model.name} (SDXL's size) would run on the CPU: device=auto found no GPU ({why}; torch "
-        f"{torch.__version__}). Run where a GPU is visible (make reproduce-table1 gives every cell one with "
-        "LAUNCHER=local, processes or slurm), ask for the CPU on purpose with device=cpu, or use model=tiny"
-    )
-
-
 @standard("device")
 def devices(cell: Cell) -> Iterable[str]:
     cfg = cell.cfg
-    found = [device_problem("device", cfg.device), sdxl_on_cpu_problem(cfg)]
+    found = [device_problem("device", cfg.device)]
     if cfg.sample.enabled and cfg.eval.enabled:
         found.append(device_problem("eval.device", cfg.eval.device))
     return [p for p in found if p]
+
+
+@standard("gpu", requires=("config",))
+def sdxl_on_a_gpu(cell: Cell) -> Iterable[str]:
+    """SDXL-sized weights never quietly run on the CPU: `device=auto` found no GPU (a launcher that hid the card,
+    a machine without one). Hours per cell in fp32, and not the paper's setup; `device=cpu` asks for it on purpose
+    (e.g. `make rehearsal`). The memory check, which would then plan for the CPU's RAM, waits for this one."""
+    cfg = cell.cfg
+    if cfg.device != "auto" or cfg.model.kind != "pretrained" or torch.cuda.is_available():
+        return []
+    from para.core.sdxl_architecture import is_sdxl_size
+
+    if not is_sdxl_size(cfg.model):
+        return []
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    why = f"CUDA_VISIBLE_DEVICES={hidden!r} hides every card" if hidden is not None else "no usable CUDA GPU here"
+    return [
+        f"model={cfg.model.name} (SDXL's size) would run on the CPU: device=auto found no GPU ({why}; torch "
+        f"{torch.__version__}). Run where a GPU is visible (make reproduce-table1 gives every cell one with "
+        "LAUNCHER=local, processes or slurm), ask for the CPU on purpose with device=cpu, or use model=tiny"
+    ]
 
 
 def resource_plan(cell: Cell) -> dict[str, Any] | None:
@@ -243,7 +245,7 @@ def resource_plan(cell: Cell) -> dict[str, Any] | None:
     return cell.shared["resources"]
 
 
-@standard("memory", requires=("config", "method"))
+@standard("memory", requires=("config", "method", "gpu"))
 def fits_memory(cell: Cell) -> Iterable[str]:
     """The plan's peak fits the card (`plan.gpu_memory_gb` or the one found) or, on a CPU, the RAM available."""
     from para.run.plan import memory_problem
