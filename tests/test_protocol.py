@@ -108,7 +108,7 @@ def test_subjects_with_text_or_logos_are_never_mirrored():
     mirrored; every other subject keeps data.flip_p."""
     from omegaconf import OmegaConf
 
-    files = sorted((REPO / "conf" / "subject").glob("*.yaml"))
+    files = [f for f in (REPO / "conf" / "subject").glob("*.yaml") if "name" in OmegaConf.load(f)]  # not the world's
     assert len(files) == 30 and {f.stem for f in files if OmegaConf.load(f).get("flip", True) is False} == NO_FLIP
     for subject in (*sorted(NO_FLIP), "dog", "teapot"):
         cfg = compose_config("+experiment=table1", f"subject={subject}", "run_dir=unused")

@@ -4,11 +4,11 @@ hydra-submitit-launcher's `submitit_local` starts every job at once and gives ea
 cards 0 … gpus_per_node−1: with `gpus_per_node: 0` every SDXL cell ran on the CPU while the card idled, with 1
 every cell shared card 0. This launcher runs the same pickled jobs through submitit's LocalExecutor (a fresh
 process per cell, its result read back: the SLURM code path on one machine) and schedules them: a cell that needs
-g cards (`gpus_per_node`; conf/hydra/launcher/processes.yaml: 1 for pretrained weights, none for the random
-tiny/small models) starts when g cards are free and gets them to itself. A card is held through an exclusive lock
-on `<gpu_lock_dir>/card-<id>.lock` while its cell runs, so two launchers on one machine (`make -j`) never hand out
-the same card; the kernel drops the lock if the launcher dies. Cells that need no card see none and run all at
-once, or `array_parallelism` at a time.
+g cards (`gpus_per_node`; conf/hydra/launcher/processes.yaml: 1 for SDXL-sized weights, none for the random
+tiny/small models and the world model) starts when g cards are free and gets them to itself. A card is held
+through an exclusive lock on `<gpu_lock_dir>/card-<id>.lock` while its cell runs, so two launchers on one machine
+(`make -j`) never hand out the same card; the kernel drops the lock if the launcher dies. Cells that need no card
+see none and run all at once, or `array_parallelism` at a time.
 """
 
 # No `from __future__ import annotations`: Hydra executes plugin modules without entering them in sys.modules,
@@ -150,7 +150,7 @@ class ProcessesLauncher(LocalLauncher):
         cards = visible_cards()
         if len(cards) < gpus:  # a user's setting, not a bug: the message alone, no traceback (as run.py does)
             log.error(
-                "each cell needs %d GPU(s) (hydra.launcher.gpus_per_node: 1 for model.kind=pretrained) and %d are "
+                "each cell needs %d GPU(s) (hydra.launcher.gpus_per_node: 1 for SDXL-sized weights) and %d are "
                 "visible here (CUDA_VISIBLE_DEVICES=%r, torch.cuda.device_count()). Run on a machine with a GPU, "
                 "or on the CPU on purpose: hydra.launcher.gpus_per_node=0 device=cpu",
                 gpus,

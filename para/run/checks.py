@@ -211,7 +211,8 @@ def devices(cell: Cell) -> Iterable[str]:
 def sdxl_on_a_gpu(cell: Cell) -> Iterable[str]:
     """SDXL-sized weights never quietly run on the CPU: `device=auto` found no GPU (a launcher that hid the card,
     a machine without one). Hours per cell in fp32, and not the paper's setup; `device=cpu` asks for it on purpose
-    (e.g. `make rehearsal`). The memory check, which would then plan for the CPU's RAM, waits for this one."""
+    (e.g. `make rehearsal`). The memory and disk checks wait for this one: their plan would count SDXL in fp32
+    for a CPU it will not run on (a minute and more of counting for a refusal)."""
     cfg = cell.cfg
     if cfg.device != "auto" or cfg.model.kind != "pretrained" or torch.cuda.is_available():
         return []
@@ -255,7 +256,7 @@ def fits_memory(cell: Cell) -> Iterable[str]:
     return [problem] if problem else []
 
 
-@standard("disk", requires=("config", "method"))
+@standard("disk", requires=("config", "method", "gpu"))
 def free_disk(cell: Cell) -> Iterable[str]:
     """The run folder can be written, and its disk holds what the plan says the run writes (checkpoints
     included)."""

@@ -163,6 +163,13 @@ class Config:
 PAPER_STEPS = {"para": 200, "para_authors": 200}
 
 
+def gpus_per_cell(model: DictConfig) -> int | None:
+    """The GPUs one cell of `model` asks its launcher for: 1 for SDXL's size, None (no card) otherwise."""
+    from para.core.sdxl_architecture import is_sdxl_size
+
+    return 1 if is_sdxl_size(model) else None
+
+
 def register_configs() -> None:
     """Register the schemas under the names the YAML files extend (`<group>_schema`)."""
     from para.run.registry import METHODS
@@ -171,9 +178,9 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("model_prefix", lambda name: "" if name == "sdxl" else f"{name}/", replace=True)
     # The paper's step budgets (PAPER.md §4): PaRa 200 steps, every baseline 1000 (conf/experiment/table1.yaml).
     OmegaConf.register_new_resolver("paper_steps", lambda method: PAPER_STEPS.get(method, 1000), replace=True)
-    # Cards per cell for the launchers (conf/hydra/launcher/): one for pretrained weights (SDXL), none for the random
-    # tiny/small models. null, not 0: sbatch then asks for no GPU at all.
-    OmegaConf.register_new_resolver("gpus_per_cell", lambda kind: 1 if kind == "pretrained" else None, replace=True)
+    # Cards per cell for the launchers (conf/hydra/launcher/): one for SDXL-sized weights, none for the random
+    # tiny/small models and the small world model. null, not 0: sbatch then asks for no GPU at all.
+    OmegaConf.register_new_resolver("gpus_per_cell", gpus_per_cell, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="model_schema", node=ModelConfig)
