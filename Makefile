@@ -122,9 +122,10 @@ TABLE1_ARGS    ?= sample.num_prompts=5 sample.images_per_prompt=2 sample.steps=1
 endif
 RUN_PREFIX := runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)
 TABLE1_OUT ?= runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)table1
-# LAUNCHER=local: cells one after another in this process; processes: one local process per cell through
-# hydra-submitit-launcher (the SLURM code path on one machine); slurm: one SLURM job per cell (SLURM_ARGS).
-# MODEL=tiny/small cells need no GPU: they go through hydra/launcher=slurm_cpu (one CPU, 4 GB each).
+# LAUNCHER=local: cells one after another, each `python run.py` seeing this shell's GPUs; processes: one local
+# process per cell through hydra-submitit-launcher (the SLURM code path on one machine), each with a card of its own
+# (hydra_plugins/para_launcher; `make -j` never puts two cells on one card); slurm: one SLURM job per cell with one
+# GPU (SLURM_ARGS). MODEL=tiny/small cells need no GPU: no card, and hydra/launcher=slurm_cpu (one CPU, 4 GB each).
 SLURM_ARGS ?=
 LAUNCH_ARGS_local     :=
 LAUNCH_ARGS_processes := -m hydra/launcher=processes
@@ -137,7 +138,10 @@ UNFINISHED := $(shell for f in $(TABLE1_CELLS); do grep -qs '"status": "finished
 
 TABLE1_COMMON = +experiment=table1 model=$(MODEL) eval.backbones=$(BACKBONES) logger=$(or $(LOGGER),none) \
   $(TABLE1_ARGS)
-cell_args = method=$(1) subject=$(2) seed=$(3) steps=$(call steps_of,$(1))
+# METHOD_ARGS_<method>: overrides for one method's cells only, e.g. where DreamBooth's AdamW does not fit the card,
+#   make reproduce-table1 METHOD_ARGS_dreambooth="train.optimizer=adamw8bit train.gradient_checkpointing=true"
+# (the run records it; the table shows every row's optimizer). Opt-in row: METHODS="para lora lora_attn dreambooth".
+cell_args = method=$(1) subject=$(2) seed=$(3) steps=$(call steps_of,$(1)) $(METHOD_ARGS_$(1))
 
 define table1_cell
 CELL_ARGS_$(call cell_path,$(1),$(2),$(3)) := $(call cell_args,$(1),$(2),$(3))
@@ -152,8 +156,9 @@ FORCE:
 table1-cells: $(TABLE1_CELLS)
 
 # Every unfinished cell's inputs (weights, photos, eval backbones, device, memory, disk, run folder) are checked before the
-# first one trains; all problems are listed at once. SLURM cells run on other machines: their device is not ours.
-PREFLIGHT_ARGS_slurm := --skip device
+# first one trains; all problems are listed at once. SLURM cells run on other machines: their device (and GPU) is
+# not ours.
+PREFLIGHT_ARGS_slurm := --skip device --skip gpu
 preflight-table1: $(STAMP) ## check every unfinished Table 1 cell's inputs, list all problems, write nothing
 	$(if $(UNFINISHED),$(PY) -m para.run.preflight $(PREFLIGHT_ARGS_$(LAUNCHER)) $(TABLE1_COMMON) \
 	  $(foreach f,$(UNFINISHED),--cell "$(CELL_ARGS_$(f))"),@echo "preflight: every Table 1 cell is finished")

@@ -1,9 +1,9 @@
 """DreamBooth baseline: full fine-tuning of the UNet (text encoders frozen unless `train_text_encoder`).
 
 Memory on SDXL (2.57 B UNet parameters): fp32 master weights 10.3 GB + fp32 grads 10.3 GB + AdamW moments
-20.5 GB before activations; `make plan` counts it all (docs/resources.md). Hence this method's own training
-defaults in conf/method/dreambooth.yaml: Adafactor and gradient checkpointing, which fit a 40 GB card. The saved
-file holds the whole UNet in `save_dtype`.
+20.5 GB before activations; `make plan` counts it all (docs/resources.md). It trains with the shared AdamW (the
+reading, conf/method/dreambooth.yaml): an 80 GB card; where that does not fit, the preflight names gradient
+checkpointing, 8-bit AdamW and Adafactor. The saved file holds the whole UNet in `save_dtype`.
 
 Sampling form: the trained modules in the base model's weights dtype (bf16 on GPU), the dtype the pipeline feeds
 them and the one the saved file reloads in. After training (`end_training`) the fp32 master is cast down for good;

@@ -32,6 +32,12 @@ class LoraMethodConfig:
     lr: float = 1e-4  # reading: the diffusers example's default
 
 
+@dataclass
+class LoraAttnMethodConfig(LoraMethodConfig):
+    name: str = "lora_attn"
+    subset: Any = "attn"  # diffusers' SDXL DreamBooth-LoRA example: to_q/to_k/to_v/to_out.0, cross-attention included
+
+
 class Lora(PeftAdapter):
     name = "lora"
     Config = LoraMethodConfig
@@ -100,3 +106,12 @@ class Lora(PeftAdapter):
 def lora_delta(module: nn.Module) -> Tensor:
     """The merged weight delta scaling·B·A of a peft LoRA layer (for tests and explicit-weight oracles)."""
     return module.get_delta_weight(ADAPTER)
+
+
+class LoraAttn(Lora):
+    """LoRA on the layers diffusers' `train_dreambooth_lora_sdxl.py` trains (`target_modules` to_k, to_q, to_v,
+    to_out.0: every attention, cross-attention included, where the identifier token is read); Table 1's `lora`
+    row adapts PaRa's ExCA layers, as the authors' LoRA baseline did (docs/methods.md)."""
+
+    name = "lora_attn"
+    Config = LoraAttnMethodConfig

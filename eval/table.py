@@ -40,6 +40,7 @@ RUN_COLUMNS = [
     "steps",
     "seed",
     "status",
+    "optimizer",
     *COSTS,
     "has_scores",
     "backbones_pretrained",
@@ -76,6 +77,7 @@ def read_run(path: Path) -> dict[str, Any]:
         "steps": data.get("steps"),
         "seed": data.get("seed"),
         "status": data.get("status"),
+        "optimizer": _get(data, "run_info", "train", "optimizer"),  # the reading's AdamW, or what a run took instead
         "trainable_params": data.get("trainable_params"),
         "train_seconds": _get(data, "train_info", "wall_seconds"),
         "peak_memory_mb": _get(data, "train_info", "peak_memory_mb"),
@@ -162,6 +164,10 @@ def real_rows(
     return pd.DataFrame(rows)
 
 
+def _distinct(values: pd.Series) -> str | None:
+    return ", ".join(sorted(values.dropna().astype(str).unique())) or None
+
+
 def _cell(row: pd.Series, column: str) -> str:
     value = row.get(column)
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -183,7 +189,8 @@ def markdown_table(
     header = [*keys, *(labels.get(c, c) for c in columns), "n"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in frame.iterrows():
-        cells = [str(row[k]) for k in keys] + [_cell(row, c) for c in columns] + [str(row.get("n_subjects", ""))]
+        keyed = ["–" if pd.isna(row.get(k)) else str(row[k]) for k in keys]  # the real-images row trained nothing
+        cells = keyed + [_cell(row, c) for c in columns] + [str(row.get("n_subjects", ""))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -274,6 +281,8 @@ def build(
     subjects = subject_means(ok, columns)
     order = {m: i for i, m in enumerate(methods)}
     table = summarize(subjects, columns, ["method"]).sort_values("method", key=lambda s: s.map(order))
+    # every row says how it trained: a method whose cells did not all use one optimizer lists them all
+    table["optimizer"] = table["method"].map(ok.groupby("method")["optimizer"].apply(_distinct))
     table["backbones_pretrained"] = table["method"].map(
         ok.groupby("method")["backbones_pretrained"].apply(lambda s: bool(s.fillna(False).astype(bool).all()))
     )
@@ -291,7 +300,7 @@ def build(
     full = pd.concat([table, real_table], ignore_index=True) if real_table is not None else table
 
     out.mkdir(parents=True, exist_ok=True)
-    lead = ["method", *columns, "n_subjects", "backbones_pretrained"]
+    lead = ["method", *columns, "n_subjects", "backbones_pretrained", "optimizer"]
     full = full.reindex(columns=lead + [f"{c}_{s}" for c in columns for s in ("lo", "hi")])
     # every file whole (temp file + rename): a reader, or a second `make` writing the same table, never sees half
     atomic_write_text(out / "table1.csv", full.round(6).to_csv(index=False))  # 6 decimals: no float noise in diffs
@@ -332,7 +341,7 @@ def render_markdown(
     if banner:
         parts += [f"> **{banner}**", ""]
     steps = ok.groupby("method")["steps"].apply(lambda s: ", ".join(f"{v:g}" for v in sorted(s.dropna().unique())))
-    parts += [markdown_table(full, ["method"], scores + COSTS, labels), ""]
+    parts += [markdown_table(full, ["method", "optimizer"], scores + COSTS, labels), ""]
     parts += [
         "Mean over subjects (seeds averaged per subject first), 95% bootstrap interval over subjects "
         "in brackets. Steps per method: " + "; ".join(f"{m}: {s or 'n/a'}" for m, s in steps.items()) + ".",

@@ -146,7 +146,8 @@ def shared_tiny(monkeypatch, tiny_pipe_template):
     def build(kind: str, seed: int = 0):
         assert (kind, seed) == ("tiny", 0), "shared_tiny serves model=tiny with model.init_seed=0 only"
         parts = tiny_pipe_template.components.items()
-        pipe = type(tiny_pipe_template)(**{k: v if k.startswith("tokenizer") else copy.deepcopy(v) for k, v in parts})
+        copies = {k: v if k.startswith("tokenizer") else copy.deepcopy(v) for k, v in parts}
+        pipe = type(tiny_pipe_template)(**copies, **models.NO_WATERMARK)
         pipe.register_to_config(_name_or_path=tiny_pipe_template.name_or_path)  # as build_random_pipeline names it
         return pipe
 
@@ -174,3 +175,18 @@ def planted_mutation(request):
         raise pytest.UsageError(f"--mutation {name}: expected one of {sorted(MUTATIONS)}")
     with MUTATIONS[name]():
         yield name
+
+
+@pytest.fixture
+def stand_in_watermarker(monkeypatch):
+    """As if `invisible_watermark` were installed (SDXL's model card tells users to install it): diffusers then gives
+    every SDXL pipeline built without `add_watermarker=False` a watermarker, here this stand-in."""
+    from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl as sdxl
+
+    class StandIn:
+        def apply_watermark(self, images):
+            raise AssertionError("a sample was watermarked")
+
+    monkeypatch.setattr(sdxl, "is_invisible_watermark_available", lambda: True)
+    monkeypatch.setattr(sdxl, "StableDiffusionXLWatermarker", StandIn, raising=False)
+    return StandIn

@@ -35,7 +35,7 @@ def test_dreambooth_checkpoint_holds_the_master_weights_and_optimizer_state_only
         "db",
         "method=dreambooth",
         "model.weights_dtype=bf16",
-        "train.optimizer=adamw",  # DreamBooth's own default is Adafactor; AdamW's two moments are the count here
+        "train.optimizer=adamw",  # AdamW's two moments are the count here (every method's default)
         "train.keep_checkpoints_after_run=true",
     )
     execute(cfg)

@@ -24,6 +24,7 @@ from safetensors import safe_open
 
 import para
 from para.combine import CombinedPaRa
+from para.core.base_unet import load_unet
 from para.core.method import AdapterFileError
 from para.core.models import model_id
 from para.core.sampling import PromptSpec, generate, read_prompts
@@ -331,3 +332,37 @@ def test_load_adapter_on_a_half_precision_pipeline(runs, template, dtype):
     handle.remove()
     assert _snapshot(pipe.unet)[0] == types
     assert all(torch.equal(weights[k], v) for k, v in _snapshot(pipe.unet)[1].items())
+
+
+def test_export_builds_the_unet_alone_in_the_dtype_the_run_trained_in(export_runs, tmp_path, monkeypatch):
+    """W0 is all an export reads (issue 25 item 7): no text encoder and no VAE is built (on SDXL the whole pipeline
+    was ~14 GB in fp32 on the CPU), and the UNet comes in the run's dtype (bf16 for a run that trained on a GPU),
+    except for `merged`, which writes every weight: rounded once, from float32."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from para.export import convert
+
+    reference = load_file(export(export_runs["para"], tmp_path / "reference.safetensors"))
+
+    def not_needed(*_args, **_kwargs):
+        raise AssertionError("the export built a text encoder or the VAE")
+
+    for cls in (CLIPTextModel, CLIPTextModelWithProjection, AutoencoderKL):
+        monkeypatch.setattr(cls, "__init__", not_needed)
+    again = load_file(export(export_runs["para"], tmp_path / "again.safetensors"))
+    assert again.keys() == reference.keys() and all(torch.equal(again[k], reference[k]) for k in again)
+
+    gpu_run = tmp_path / "gpu-run"  # the same run, as if it had trained on a card
+    shutil.copytree(export_runs["para"], gpu_run)
+    metrics = json.loads((gpu_run / "metrics.json").read_text())
+    metrics["meta_info"]["device"] = "cuda:0"
+    (gpu_run / "metrics.json").write_text(json.dumps(metrics))
+    loaded = []
+    monkeypatch.setattr(convert, "load_unet", lambda m, d, dtype: loaded.append(dtype) or load_unet(m, d, dtype))
+    export(gpu_run, tmp_path / "gpu.safetensors")
+    export(gpu_run, tmp_path / "merged", fmt="merged", dtype="fp16")
+    assert loaded == [torch.bfloat16, torch.float32]

@@ -154,3 +154,39 @@ def test_configs_folder_for_single_files_offline(tmp_path):
     for name in MODELS:
         assert (tmp_path / "sdxl" / name / "config.json").is_file()
     assert CLIPTokenizer.from_pretrained(tmp_path / "sdxl" / "tokenizer_2").pad_token == "!"
+
+
+def test_no_loading_path_builds_a_watermarker(saved, stand_in_watermarker, tiny_pipe_template):
+    """With `invisible_watermark` installed diffusers stamps every sample by default (issue 25 item 4): the folder and
+    the single-file paths are built with add_watermarker=False."""
+    from diffusers import StableDiffusionXLPipeline
+
+    root, _ = saved
+    assert StableDiffusionXLPipeline(**tiny_pipe_template.components).watermark is not None  # diffusers' default
+    folder = _model(f"model.path={root / 'folder'}", "model.variant=fp16")
+    single = _model(f"model.path={root / 'tiny.safetensors'}", f"model.config_path={root / 'folder'}")
+    for model in (folder, single):
+        assert load_pipeline(model, CPU).watermark is None
+
+
+def test_the_unet_alone_loads_from_a_folder_and_a_single_file(saved, monkeypatch, tiny_pipe_template):
+    """What the export needs (issue 25 item 7): the UNet, in the dtype asked for, and nothing else constructed."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from para.core.base_unet import load_unet
+
+    def not_needed(*_args, **_kwargs):
+        raise AssertionError("a text encoder or the VAE was built")
+
+    for cls in (CLIPTextModel, CLIPTextModelWithProjection, AutoencoderKL):
+        monkeypatch.setattr(cls, "__init__", not_needed)
+    root, fp16 = saved
+    unet = load_unet(_model(f"model.path={root / 'folder'}", "model.variant=fp16"), CPU, torch.bfloat16)
+    expected = fp16.unet.state_dict()
+    for key, value in unet.state_dict().items():
+        assert value.dtype == torch.bfloat16 and torch.equal(value, expected[key].to(torch.bfloat16)), key
+    single = _model(f"model.path={root / 'tiny.safetensors'}", f"model.config_path={root / 'folder'}")
+    unet = load_unet(single, CPU)  # weights_dtype auto on a CPU: float32
+    expected = tiny_pipe_template.unet.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in unet.state_dict().items())

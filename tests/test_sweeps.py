@@ -191,4 +191,4 @@ def test_readme_cluster_section_matches_the_launcher_configs():
         )
     for launcher in set(re.findall(r"hydra/launcher=(\w+)", section)):
         assert (REPO / "conf" / "hydra" / "launcher" / f"{launcher}.yaml").is_file(), launcher
-    assert _launcher("processes")._target_.endswith("LocalLauncher")
+    assert _launcher("processes")._target_.endswith("ProcessesLauncher")  # submitit_local + a card per cell

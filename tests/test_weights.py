@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
@@ -100,13 +101,46 @@ def test_dry_run_offline_lists_the_cached_files_and_sizes(tmp_path, monkeypatch,
     (repo / "refs" / "main").write_text("0" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert (
-        weights.main(["--dry-run", "model.variant=fp16", f"eval.dino={tmp_path}", f"eval.clip_score_model={tmp_path}"])
-        == 0
-    )
+    local = [f"eval.dino={tmp_path}", f"eval.clip_score_model={tmp_path}", f"eval.clip_pretrained={tmp_path}"]
+    assert weights.main(["--dry-run", "model.variant=fp16", *local]) == 0
     out = capsys.readouterr().out
     listed = set(re.findall(r"^ +\S+ B  (\S+)  \(cached\)$", out, flags=re.M))
     assert listed == expected("fp16")
     assert "10 B  unet/diffusion_pytorch_model.fp16.safetensors" in out
     assert "27 B  in 18 files" in out  # 17 one-byte files + the 10-byte UNet
     assert not (tmp_path / "hub" / "models--stabilityai--stable-diffusion-xl-base-1.0" / "blobs").exists()
+
+
+def _fake_cache(hub: Path, repo: str, files: dict[str, int]) -> None:
+    """`repo` in a Hugging Face cache at `hub`, with `files` (name → size in bytes)."""
+    folder = hub / f"models--{repo.replace('/', '--')}"
+    for name, size in files.items():
+        (folder / "snapshots" / ("0" * 40) / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "snapshots" / ("0" * 40) / name).write_bytes(b"x" * size)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+
+
+def test_dry_run_names_the_clip_weights_and_each_weights_file_once(tmp_path, monkeypatch, capsys):
+    """Issue 25 item 7: the CLIP B/32 weights are listed with their file and size (open_clip reads them from
+    timm/vit_base_patch32_clip_224.openai), and a repository holding the same weights as .safetensors and .bin
+    (DINO's) is listed, and fetched, with the safetensors file only, as the loaders read it."""
+    dino = {"config.json": 1, "preprocessor_config.json": 1, "model.safetensors": 100, "pytorch_model.bin": 100}
+    clip = {"open_clip_config.json": 1, "open_clip_model.safetensors": 300, "open_clip_pytorch_model.bin": 300}
+    _fake_cache(tmp_path, "facebook/dino-vits16", dino)
+    _fake_cache(tmp_path, "timm/vit_base_patch32_clip_224.openai", {**clip, "model.safetensors": 300})  # timm's own
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert weights.main(["--dry-run", "model=tiny", f"eval.clip_score_model={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    listed = re.findall(r"^ +(\d+) B  (\S+)  \(cached\)$", out, flags=re.M)
+    assert listed == [("1", "config.json"), ("1", "preprocessor_config.json"), ("100", "model.safetensors"),
+                      ("300", "open_clip_model.safetensors")]  # fmt: skip
+    assert "CLIP (ViT-B-32, openai): timm/vit_base_patch32_clip_224.openai@main" in out and "total 402 B\n" in out
+
+    fetched = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: fetched.append(kw) or "here")
+    dino = next(i for i in items("model=tiny") if i.repo == "facebook/dino-vits16")
+    monkeypatch.setattr(weights, "listing", lambda item: [("config.json", 1, False), ("model.safetensors", 9, False)])
+    weights._fetch_hub(dino)()
+    assert fetched[-1]["allow_patterns"] == ["config.json", "model.safetensors"]

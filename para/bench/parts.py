@@ -21,6 +21,7 @@ from torch import nn
 
 from para.core.conditioning import SubjectLatents
 from para.core.method import Method
+from para.core.models import NO_WATERMARK
 from para.core.sampling import PromptSpec
 from para.core.trainer import Trainer
 from para.run.registry import METHODS
@@ -30,7 +31,7 @@ PROMPT = PromptSpec(0, "a photo of sks dog", "a photo of dog")
 VARIANTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "para": ("para", ()),
     "lora": ("lora", ()),
-    "lora_attn": ("lora", ("method.subset=attn",)),
+    "lora_attn": ("lora_attn", ()),
     "dreambooth": ("dreambooth", ()),
     "frozen": (None, ()),
 }
@@ -141,7 +142,7 @@ class Contestant:
 
 def with_unet(pipe: StableDiffusionXLPipeline, unet: nn.Module) -> StableDiffusionXLPipeline:
     """The same frozen components around another UNet."""
-    sampler = StableDiffusionXLPipeline(**{**pipe.components, "unet": unet})
+    sampler = StableDiffusionXLPipeline(**{**pipe.components, "unet": unet}, **NO_WATERMARK)
     sampler.set_progress_bar_config(disable=True)
     return sampler
 

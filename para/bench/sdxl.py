@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from para.core.models import build_random_pipeline
+from para.core.models import NO_WATERMARK, build_random_pipeline
 from para.core.sdxl_architecture import build_sdxl_unet_meta
 
 # Hyper-parameters of SDXL 1.0 base's components (their config.json files on the hub).
@@ -105,7 +105,8 @@ def build_sdxl_random_pipeline(
         raise ValueError(f"UNet cross-attention width {unet.config.cross_attention_dim} != text widths {hidden}")
     shared = build_random_pipeline("tiny", seed).components  # tokenizers and scheduler only
     pipe = StableDiffusionXLPipeline(
-        **{**shared, "unet": unet, "vae": autoencoder, "text_encoder": encoders[0], "text_encoder_2": encoders[1]}
+        **{**shared, "unet": unet, "vae": autoencoder, "text_encoder": encoders[0], "text_encoder_2": encoders[1]},
+        **NO_WATERMARK,
     )
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         module.to(dtype).requires_grad_(False).eval()

@@ -99,7 +99,8 @@ class SubjectLatents:
         self.scaling = pipe.vae.config.scaling_factor
         self.cached = None
         if cache:
-            both = torch.cat([pixels, pixels.flip(-1)])  # (2N, 3, H, W): originals then mirror images
+            # (2N, 3, H, W): originals then mirror images; a subject never mirrored encodes only its N originals
+            both = torch.cat([pixels, pixels.flip(-1)]) if flip_p > 0 else pixels
             # One image per VAE call: the whole batch at once held 2N images' encoder activations together (the
             # run's peak memory on `small`, `make bench-peer`; GBs at 1024 px), for no gain in a one-off cache.
             with in_float32(pipe.vae) as vae:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -21,6 +23,16 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from para.core.io import atomic_write_text
 
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+# Every StableDiffusionXLPipeline the harness builds or loads gets this. With `invisible_watermark` installed (SDXL's
+# model card tells users to) diffusers stamps every sample by default, which moves DINO/CLIP/LPIPS/SSIM: samples are
+# compared unstamped, and runs record it (`meta_info.watermarked`).
+NO_WATERMARK = {"add_watermarker": False}
+
+
+def watermarked(pipe: StableDiffusionXLPipeline) -> bool:
+    """Whether `pipe` stamps an invisible watermark on its images."""
+    return getattr(pipe, "watermark", None) is not None
+
 
 # name: (UNet widths, transformer depth per block, text hidden sizes (enc1, enc2), VAE widths, heads per block)
 RANDOM_SHAPES = {
@@ -182,6 +194,7 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline
         tokenizer=clip_tokenizer(),
         tokenizer_2=clip_tokenizer(),
         scheduler=scheduler,
+        **NO_WATERMARK,
     )
     # A name, as from_pretrained gives one: adapter files record it and refuse another base model (para.api).
     pipe.register_to_config(_name_or_path=random_model_id(kind, seed))
@@ -227,20 +240,29 @@ def load_pretrained_pipeline(
     """
     check_diffusers_version()
     check_weights_available(path, revision)
+    components = {**NO_WATERMARK, **({"vae": _load_vae(vae_path, dtype, _offline())} if vae_path else {})}
+
+    def load(is_file: bool, local_only: bool) -> StableDiffusionXLPipeline:
+        if is_file:
+            return StableDiffusionXLPipeline.from_single_file(
+                path, config=config_path, dtype=dtype, local_files_only=local_only, **components
+            )
+        return StableDiffusionXLPipeline.from_pretrained(
+            path, revision=revision, variant=variant, dtype=dtype, local_files_only=local_only, **components
+        )
+
+    return local_first(path, config_path, load)
+
+
+def local_first(path: str, config_path: str | None, load: Callable[[bool, bool], Any]) -> Any:
+    """`load(is_file, local_only)` from the local cache first (so that a machine without network fails in seconds,
+    not after retries), then from the hub; ModelLoadError naming every attempt and the ways out."""
     is_file = path.endswith((".safetensors", ".ckpt"))
-    offline = _offline()
-    components = {"vae": _load_vae(vae_path, dtype, offline)} if vae_path else {}
-    tries = [True] if (is_file or offline or Path(path).is_dir()) else [True, False]
+    tries = [True] if (is_file or _offline() or Path(path).is_dir()) else [True, False]
     attempts = []
     for local_only in tries:
         try:
-            if is_file:
-                return StableDiffusionXLPipeline.from_single_file(
-                    path, config=config_path, dtype=dtype, local_files_only=local_only, **components
-                )
-            return StableDiffusionXLPipeline.from_pretrained(
-                path, revision=revision, variant=variant, dtype=dtype, local_files_only=local_only, **components
-            )
+            return load(is_file, local_only)
         except Exception as err:  # noqa: BLE001 - hub/IO errors come in many types; all mean "not loadable"
             where = "local cache" if local_only else "model hub"
             attempts.append(f"{path} from the {where}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")

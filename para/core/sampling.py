@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from para.core.io import atomic_write_bytes, atomic_write_json, read_json
+from para.core.models import NO_WATERMARK
 
 
 @dataclass
@@ -34,12 +35,12 @@ def image_name(prompt_index: int, image_index: int) -> str:
 
 
 def sampling_pipeline(pipe: StableDiffusionXLPipeline, scheduler: str) -> StableDiffusionXLPipeline:
-    """The same components with the paper's DDIM sampler (`scheduler=default` keeps the model's own)."""
-    if scheduler == "default":
-        return pipe
+    """The same components with the paper's DDIM sampler (`scheduler=default` keeps the model's own), never
+    watermarking (a pipeline built elsewhere keeps its own sampler but loses its watermarker)."""
     components = dict(pipe.components)
-    components["scheduler"] = DDIMScheduler.from_config(pipe.scheduler.config)
-    sampler = StableDiffusionXLPipeline(**components)
+    if scheduler != "default":
+        components["scheduler"] = DDIMScheduler.from_config(pipe.scheduler.config)
+    sampler = StableDiffusionXLPipeline(**components, **NO_WATERMARK)
     sampler.set_progress_bar_config(disable=True)
     return sampler
 

@@ -129,12 +129,33 @@ def architecture_of(model_cfg) -> tuple[str, str | None]:
     return "sdxl", f"the configs of {folder} are not on this machine: SDXL 1.0 base's architecture assumed"
 
 
+def is_sdxl_size(model_cfg) -> bool:
+    """Whether the base model has SDXL's real size (its UNet's block widths and transformer depths), read from
+    configs only: SDXL's weights, or a folder of its layout (`make rehearsal`); not the random tiny/small models or
+    a small pretrained one (the world model). A model whose configs are not on this machine is not taken for SDXL
+    (the weights check says what is missing)."""
+    architecture, note = architecture_of(model_cfg)
+    if architecture.startswith("random-") or note is not None:
+        return False
+    if architecture == "sdxl":
+        return True
+    try:
+        unet = json.loads((Path(architecture) / CONFIG_FILES["unet"]).read_text())
+    except (OSError, ValueError):  # a folder without a readable UNet config: loading it fails anyway
+        return False
+    keys = ("block_out_channels", "transformer_layers_per_block")
+    return all(unet.get(key) == sdxl_unet_config()[key] for key in keys)
+
+
 def _cached_hub_folder(repo: str, revision: str | None) -> str | None:
     """The local snapshot of a hub repo if its configs are cached (never downloads)."""
     from huggingface_hub import try_to_load_from_cache
 
     files = ("model_index.json", *CONFIG_FILES.values())
-    found = [try_to_load_from_cache(repo, file, revision=revision) for file in files]
+    try:
+        found = [try_to_load_from_cache(repo, file, revision=revision) for file in files]
+    except ValueError:  # not a hub id (HFValidationError): a local folder that is not there, e.g. before `make world`
+        return None
     return str(Path(found[0]).parent) if all(isinstance(f, str) for f in found) else None
 
 

@@ -8,6 +8,7 @@ uninterrupted run draws, without saving RNG state.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import time
@@ -58,15 +59,26 @@ def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "no": None}[mixed_precision]
 
 
+GPU_EXTRA = "pip install 'para-repro[gpu]'"  # pyproject's optional `gpu` extra: bitsandbytes
+
+
+def missing_optimizer_package(name: str) -> str | None:
+    """Why the optimizer `name` cannot be built here (a package it needs is not installed, and how to get it)."""
+    if name == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        return f"train.optimizer=adamw8bit needs bitsandbytes, which is not installed: {GPU_EXTRA}"
+    return None
+
+
 def build_optimizer(params: list[torch.nn.Parameter], name: str, lr: float, weight_decay: float):
     if name == "adamw":
         fused = all(p.is_cuda for p in params)  # fused AdamW: one kernel for all tensors on CUDA
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if name == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as err:
-            raise TrainingError("train.optimizer=adamw8bit needs bitsandbytes: pip install bitsandbytes") from err
+        missing = missing_optimizer_package(name)
+        if missing:
+            raise TrainingError(missing)
+        import bitsandbytes as bnb
+
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
     if name == "adafactor":
         from transformers.optimization import Adafactor

@@ -6,12 +6,15 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from para.core.base_unet import load_unet
 from para.core.io import atomic_save_safetensors
-from para.core.models import load_pipeline, resolve_device
+from para.core.models import resolve_device
 from para.export.factors import base_weight_of, check_exportable, low_rank_factors
 from para.export.formats import DTYPES, check_out, export_metadata, format_tensors
 from para.export.merged import write_merged_unet
-from para.export.source import ExportSource, check_pipeline_base, open_source, require_model
+from para.export.source import ExportSource, check_pipeline_base, open_source, require_model, trained_dtype
 
 
 def export(
@@ -35,7 +38,7 @@ def export(
         pipe: a loaded base pipeline to take W0 from instead of rebuilding the run's base model (its base model
             must be the adapter's: see `check_pipeline_base`; `merged` works on a copy of its UNet).
         base_model: `pipe`'s base-model id when its `name_or_path` does not say it.
-        device: where the base model is rebuilt when `pipe` is None.
+        device: where the base model's UNet is rebuilt when `pipe` is None.
     """
     src = source if isinstance(source, ExportSource) else open_source(source)
     check_exportable(src.method)
@@ -43,8 +46,11 @@ def export(
     check_out(out, fmt, overwrite, [src.adapter])
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {list(DTYPES)}")
-    if pipe is None:
-        unet = load_pipeline(require_model(src), resolve_device(device)).unet
+    if pipe is None:  # W0 only: the UNet alone (no text encoders, no VAE), in the dtype the run trained on
+        load_dtype = trained_dtype(src)
+        if fmt == "merged" and load_dtype not in (None, DTYPES[dtype]):
+            load_dtype = torch.float32  # every weight is written: rounded once, to the file's dtype
+        unet = load_unet(require_model(src), resolve_device(device), load_dtype)
     else:
         check_pipeline_base(src.adapter, src.base_model, pipe, base_model)
         unet = copy.deepcopy(pipe.unet) if fmt == "merged" else pipe.unet

@@ -44,7 +44,10 @@ EXACT = {
     COMBINED: "exported from combined PaRa adapters (exact: W − W0 = −Σ Qi Ci, rank ≤ Σ ri; para/combine.py)",
     "para_authors": "exported from PaRa in the authors' parametrization (exact: W − W0 = −U D)",
     "lora": "exported from LoRA (exact: the trained factors, α/r and the sampling scale baked into up)",
+    "lora_attn": "exported from LoRA on every attention (exact: the trained factors, α/r and the sampling scale "
+    "baked into up)",
 }
+LORA_METHODS = ("lora", "lora_attn")  # peft LoRA files (baselines/lora.py)
 
 
 class NotExportable(ValueError):
@@ -113,7 +116,7 @@ def low_rank_factors(
             if key.endswith(".para_U"):
                 name = key.removesuffix(".para_U")
                 flat[name] = (-u.float(), tensors[f"{name}.para_D"].float())
-    else:  # lora: peft keys under diffusers' `unet.` prefix (baselines/lora.py)
+    else:  # LORA_METHODS: peft keys under diffusers' `unet.` prefix (baselines/lora.py)
         scale = (config.get("alpha") or config["rank"]) / config["rank"] * float(metadata.get("lora_scale", 1.0))
         for key, a in tensors.items():
             if key.endswith(".lora_A.weight"):

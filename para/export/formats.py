@@ -23,7 +23,7 @@ import torch
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 from torch import Tensor
 
-from para.export.factors import EXACT, LowRank
+from para.export.factors import EXACT, LORA_METHODS, LowRank
 from para.export.source import EXPORT_FORMAT, ExportSource
 
 FORMATS = ("lora", "kohya", "merged")
@@ -107,7 +107,7 @@ def export_metadata(source: ExportSource, fmt: str, dtype: str, ranks: dict[str,
         "token": " + ".join(s.token for s in source.subjects),
         "instance_prompt": " + ".join(s.instance_prompt for s in source.subjects),
     }
-    if source.method == "lora":
+    if source.method in LORA_METHODS:
         metadata["lora_scale_baked"] = source.metadata.get("lora_scale", "1.0")
     if "mode" in config:
         metadata["mode"] = config["mode"]

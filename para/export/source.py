@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from para.combine import NAME as COMBINED
 from para.core.data import instance_prompt
 from para.core.method import AdapterFileError, read_adapter_file
-from para.core.models import model_id
+from para.core.models import model_id, resolve_dtype
 
 ADAPTER_FILE = "adapter.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -94,6 +95,18 @@ def _add_run(source: ExportSource, run_dir: Path) -> None:
     source.model_cfg = source.model_cfg or cfg.model
     prompt = instance_prompt(cfg.data.prompt_template, cfg.data.token, cfg.subject.class_word)
     source.subjects.append(Subject(cfg.subject.name, cfg.data.token, prompt))
+
+
+def trained_dtype(source: ExportSource) -> torch.dtype | None:
+    """The dtype the run's base weights had while it trained (its config's `model.weights_dtype` on the device its
+    metrics.json names: bf16 for `auto` on a GPU), so an export reads W0 as the run used it; None if unknown."""
+    for run_dir in source.run_dirs:
+        try:
+            device = json.loads((run_dir / "metrics.json").read_text())["meta_info"]["device"]
+            return resolve_dtype(source.model_cfg.weights_dtype, torch.device(device))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):  # no or a partial metrics.json
+            continue
+    return None
 
 
 def require_model(source: ExportSource) -> DictConfig:

@@ -57,6 +57,15 @@ def config_ranges(cell: Cell) -> Iterable[str]:
     return config_problems(cell.cfg)
 
 
+@standard("optimizer", requires=("config",))
+def optimizer_installed(cell: Cell) -> Iterable[str]:
+    """The optimizer's package is there (8-bit AdamW: bitsandbytes, the `gpu` extra)."""
+    from para.core.trainer import missing_optimizer_package
+
+    missing = missing_optimizer_package(cell.cfg.train.optimizer)
+    return [f"{missing}; or train.optimizer=adamw (or adafactor)"] if missing else []
+
+
 @standard("method", requires=("config",))
 def method_on_model(cell: Cell) -> Iterable[str]:
     """The method attached to the model's real architecture on the meta device: a layer subset that matches no
@@ -199,6 +208,28 @@ def devices(cell: Cell) -> Iterable[str]:
     return [p for p in found if p]
 
 
+@standard("gpu", requires=("config",))
+def sdxl_on_a_gpu(cell: Cell) -> Iterable[str]:
+    """SDXL-sized weights never quietly run on the CPU: `device=auto` found no GPU (a launcher that hid the card,
+    a machine without one). Hours per cell in fp32, and not the paper's setup; `device=cpu` asks for it on purpose
+    (e.g. `make rehearsal`). The memory and disk checks wait for this one: their plan would count SDXL in fp32
+    for a CPU it will not run on (a minute and more of counting for a refusal)."""
+    cfg = cell.cfg
+    if cfg.device != "auto" or cfg.model.kind != "pretrained" or torch.cuda.is_available():
+        return []
+    from para.core.sdxl_architecture import is_sdxl_size
+
+    if not is_sdxl_size(cfg.model):
+        return []
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    why = f"CUDA_VISIBLE_DEVICES={hidden!r} hides every card" if hidden is not None else "no usable CUDA GPU here"
+    return [
+        f"model={cfg.model.name} (SDXL's size) would run on the CPU: device=auto found no GPU ({why}; torch "
+        f"{torch.__version__}). Run where a GPU is visible (make reproduce-table1 gives every cell one with "
+        "LAUNCHER=local, processes or slurm), ask for the CPU on purpose with device=cpu, or use model=tiny"
+    ]
+
+
 def resource_plan(cell: Cell) -> dict[str, Any] | None:
     """The run's resource plan (para.run.plan: memory and disk, counted on the meta device), once per cell; None
     when `plan.check=false`, when the plan cannot count this run (the run itself will tell), or when the weights
@@ -218,7 +249,7 @@ def resource_plan(cell: Cell) -> dict[str, Any] | None:
     return cell.shared["resources"]
 
 
-@standard("memory", requires=("config", "method"))
+@standard("memory", requires=("config", "method", "gpu"))
 def fits_memory(cell: Cell) -> Iterable[str]:
     """The plan's peak fits the card (`plan.gpu_memory_gb` or the one found) or, on a CPU, the RAM available."""
     from para.run.plan import memory_problem
@@ -228,7 +259,7 @@ def fits_memory(cell: Cell) -> Iterable[str]:
     return [problem] if problem else []
 
 
-@standard("disk", requires=("config", "method"))
+@standard("disk", requires=("config", "method", "gpu"))
 def free_disk(cell: Cell) -> Iterable[str]:
     """The run folder can be written, and its disk holds what the plan says the run writes (checkpoints
     included)."""

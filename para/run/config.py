@@ -43,6 +43,9 @@ class SubjectConfig:
     # the subject's own evaluation prompts instead of DreamBench's ({token}, {cls} filled in; a prompt without
     # {token} asks for an ordinary member of the class, to see whether the subject leaks into it)
     prompts: list[str] | None = None
+    # false: never mirrored in training, whatever data.flip_p (text, logos or asymmetric print would be learnt
+    # mirrored); conf/subject/ sets it from the photos
+    flip: bool = True
 
 
 @dataclass
@@ -50,7 +53,7 @@ class DataConfig:
     root: str = "../shared/dreambooth/dataset"  # a google/dreambooth clone's `dataset/` folder works too
     token: str = "sks"  # the rare identifier token of DreamBooth
     prompt_template: str = "a photo of {token} {class_word}"
-    flip_p: float = 0.5  # horizontal-flip probability (latents of both orientations are cached)
+    flip_p: float = 0.5  # horizontal-flip probability (both orientations' latents cached); none if subject.flip=false
     min_image_side: int = 16  # photos smaller than this are refused (a 1x1 image is almost surely a broken file)
     images: list[str] | None = None  # train on these photo file names only (e.g. [00.jpg] for editing); None = all
     # SDXL's original_size micro-conditioning while training. photo: each photo's true size and crop corner
@@ -160,6 +163,13 @@ class Config:
 PAPER_STEPS = {"para": 200, "para_authors": 200}
 
 
+def gpus_per_cell(model: DictConfig) -> int | None:
+    """The GPUs one cell of `model` asks its launcher for: 1 for SDXL's size, None (no card) otherwise."""
+    from para.core.sdxl_architecture import is_sdxl_size
+
+    return 1 if is_sdxl_size(model) else None
+
+
 def register_configs() -> None:
     """Register the schemas under the names the YAML files extend (`<group>_schema`)."""
     from para.run.registry import METHODS
@@ -168,6 +178,9 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("model_prefix", lambda name: "" if name == "sdxl" else f"{name}/", replace=True)
     # The paper's step budgets (PAPER.md §4): PaRa 200 steps, every baseline 1000 (conf/experiment/table1.yaml).
     OmegaConf.register_new_resolver("paper_steps", lambda method: PAPER_STEPS.get(method, 1000), replace=True)
+    # Cards per cell for the launchers (conf/hydra/launcher/): one for SDXL-sized weights, none for the random
+    # tiny/small models and the small world model. null, not 0: sbatch then asks for no GPU at all.
+    OmegaConf.register_new_resolver("gpus_per_cell", gpus_per_cell, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="model_schema", node=ModelConfig)

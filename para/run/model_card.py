@@ -151,6 +151,7 @@ def _trained(cfg: DictConfig, metrics: dict, data: ModelCardData) -> list[str]:
         ("subject", f"`{cfg.subject.name}` (class {cfg.subject.class_word!r}), photos of the DreamBooth dataset"),
         ("instance prompt", f"`{data.instance_prompt}`"),
         ("steps, seed, resolution", f"{cfg.steps}, {cfg.seed}, {cfg.model.resolution} px"),
+        ("optimizer, learning rate", f"{cfg.train.optimizer}, {cfg.method.lr:g}"),
         (
             "trainable parameters",
             f"{metrics.get('trainable_params', '–'):,}" if isinstance(metrics.get("trainable_params"), int) else "–",
@@ -186,7 +187,11 @@ def _usage(run_dir: Path, cfg: DictConfig, data: ModelCardData, exported: Export
     if method not in EXACT:
         reason = NOT_LOW_RANK.get(method, "not a low-rank adapter")
         return [f"No exact LoRA form ({reason}): load `adapter.safetensors` with this project (`run.py`).", ""]
-    pipe = f'pipe = StableDiffusionXLPipeline.from_pretrained("{data.base_model}", torch_dtype=torch.float16)'
+    # add_watermarker=False: the run's own samples were drawn without the invisible watermark (para.core.models)
+    pipe = (
+        f'pipe = StableDiffusionXLPipeline.from_pretrained("{data.base_model}", torch_dtype=torch.float16, '
+        "add_watermarker=False)"
+    )
     kohya = f"{cfg.subject.name}-{method}-kohya.safetensors"
     comfy = [
         "ComfyUI, A1111/Forge, InvokeAI and kohya's scripts read the `kohya` format "
@@ -198,7 +203,7 @@ def _usage(run_dir: Path, cfg: DictConfig, data: ModelCardData, exported: Export
         code = [
             "from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel",
             f'unet = UNet2DConditionModel.from_pretrained("{exported.repo_id}", subfolder="{exported.name}")',
-            f'pipe = StableDiffusionXLPipeline.from_pretrained("{data.base_model}", unet=unet)',
+            f'pipe = StableDiffusionXLPipeline.from_pretrained("{data.base_model}", unet=unet, add_watermarker=False)',
         ]
         intro = f"`{exported.name}/` is the whole UNet with the adapter merged in: no LoRA support needed."
     elif exported is not None:

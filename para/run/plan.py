@@ -185,6 +185,28 @@ def _is_current(cfg: DictConfig, key: str, value: Any, device: torch.device) -> 
     return current == value
 
 
+# What an option changes besides memory, said where a refusal names it (a run that takes one records it).
+OPTION_NOTES = {
+    "train.gradient_checkpointing=true": "the same training, activations recomputed: slower",
+    "train.optimizer=adafactor": "Adafactor instead of AdamW: another optimizer, recorded in metrics.json and tables",
+    "train.optimizer=adamw8bit": "AdamW with 8-bit moments, recorded likewise",
+}
+
+
+def option_note(option: str) -> str:
+    """`option` (one change, or several separated by spaces) with what it changes, and what it needs installed
+    (8-bit AdamW: the `gpu` extra)."""
+    from para.core.trainer import missing_optimizer_package
+
+    notes = []
+    for change in option.split():
+        notes.append(OPTION_NOTES.get(change))
+        if change.startswith("train.optimizer="):
+            notes.append(missing_optimizer_package(change.split("=", 1)[1]))
+    notes = [n for n in notes if n]
+    return f"{option} ({'; '.join(notes)})" if notes else option
+
+
 def fitting_options(cfg: DictConfig, device: torch.device, budget_gb: float, limit: int = 4) -> list[str]:
     """Up to `limit` changes from OPTIONS with which the run's total fits `budget_gb`: single changes, or, when
     none fits alone, pairs of the first five."""
@@ -235,7 +257,7 @@ def memory_problem(cfg: DictConfig, record: dict[str, Any]) -> str | None:
     budget, what = found
     options = fitting_options(cfg, device, budget)
     bigger = "a larger card" if device.type == "cuda" else "a machine with more free RAM"
-    ways = "; ".join(options) if options else f"none of the plan's options; use {bigger}"
+    ways = "; ".join(map(option_note, options)) if options else f"none of the plan's options; use {bigger}"
     return (
         f"{cfg.method.name} needs ~{record['total_gb']:.1f} GiB of {device.type} memory at its peak "
         f"({record['peak_phase']}), {what} has {budget:.1f} GiB. Options that fit: {ways}"
@@ -269,7 +291,7 @@ def check(cfg: DictConfig, run_dir: Path | None = None) -> list[str]:
 
 
 # --- `make plan` ----------------------------------------------------------------------------------------
-# DreamBooth's memory options (docs/methods.md "DreamBooth memory" is this table, as `make plan` prints it)
+# DreamBooth's memory options (docs/methods.md "DreamBooth" shows this table, as `make plan` prints it)
 DREAMBOOTH_OPTIONS = {
     "AdamW": [("train.optimizer", "adamw"), ("train.gradient_checkpointing", False)],
     "AdamW + checkpointing": [("train.optimizer", "adamw"), ("train.gradient_checkpointing", True)],

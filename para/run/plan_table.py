@@ -48,7 +48,7 @@ def _line(r: dict, cards: list[float]) -> str:
 
 
 def dreambooth_table(records: list[dict], cards: list[float]) -> list[str]:
-    """The table docs/methods.md shows under "DreamBooth memory"."""
+    """The table docs/methods.md shows under "DreamBooth"."""
     rows_ = [r for r in records if r.get("table") == "dreambooth"]
     if not rows_:
         return []

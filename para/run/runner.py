@@ -28,7 +28,7 @@ from para.core.io import atomic_write_json, atomic_write_text
 from para.core.lock import FolderLock
 from para.core.memory import current_mb, peak_mb, reset_peak
 from para.core.method import Method
-from para.core.models import load_pipeline, model_id, resolve_device
+from para.core.models import load_pipeline, model_id, resolve_device, watermarked
 from para.core.prompts import evaluation_prompts
 from para.core.provenance import provenance
 from para.core.residency import Offload
@@ -62,6 +62,12 @@ def run_dir_of(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(cfg.run_dir)
+
+
+def flip_p(cfg: DictConfig) -> float:
+    """The training photos' mirror probability: `data.flip_p`, unless the subject must not be mirrored (text, logos,
+    asymmetric print: `subject.flip=false` in conf/subject/)."""
+    return cfg.data.flip_p if cfg.subject.flip else 0.0
 
 
 def sample_prompts(cfg: DictConfig) -> list[PromptSpec]:
@@ -141,6 +147,7 @@ class Run:
                 "model_id": model_id(cfg.model),
                 "model_kind": cfg.model.kind,
                 "base_weights_pretrained": cfg.model.kind == "pretrained",
+                "watermarked": watermarked(pipe),  # never: samples are scored as the model draws them
             },
         )
         exit_code, logger = 1, None
@@ -206,7 +213,7 @@ class Run:
         cfg = self.cfg
         pixels, sizes = photos
         time_ids = photo_time_ids(sizes, self.resolution) if cfg.data.original_size == "photo" else None
-        instance = SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=cfg.train.cache_latents, time_ids=time_ids)
+        instance = SubjectLatents(pipe, pixels, flip_p(cfg), cache=cfg.train.cache_latents, time_ids=time_ids)
         prompt = instance_prompt(cfg.data.prompt_template, cfg.data.token, cfg.subject.class_word)
         trainer = Trainer(
             pipe, method, params, cfg, checkpoint_dir=self.run_dir / "checkpoints", train_text=train_text
@@ -284,6 +291,7 @@ class Run:
         cfg, sc = self.cfg, self.cfg.sample
         prompt = cfg.train.class_prompt_template.format(class_word=cfg.subject.class_word)
         made_by = [model_id(cfg.model), cfg.model.weights_dtype, prompt, sc.steps, sc.guidance, sc.scheduler]
+        made_by.append("unwatermarked")  # images of older versions may carry invisible_watermark's stamp
         digest = hashlib.sha256(json.dumps([*made_by, self.resolution]).encode()).hexdigest()[:12]
         class_dir = cfg.subject.class_word.replace(" ", "_")
         images = Path(cfg.train.class_images_dir) / cfg.model.name / class_dir / f"seed{cfg.seed}-{digest}"
@@ -304,7 +312,7 @@ class Run:
             scheduler=sc.scheduler,
         )
         pixels = load_images(files, self.resolution)  # exactly these: the folder may hold more (other counts)
-        return SubjectLatents(pipe, pixels, cfg.data.flip_p, cache=True), prompt
+        return SubjectLatents(pipe, pixels, flip_p(cfg), cache=True), prompt  # mirrored only as the subject is
 
 
 def _train_info(result: TrainResult, method: Method) -> dict:

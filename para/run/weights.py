@@ -6,8 +6,9 @@ The files come from the run config (`conf/`, plus overrides): the base model's `
 only the weights `from_pretrained(variant=model.variant)` reads (SDXL 1.0 in fp16: ~6.9 GB instead of ~14 GB in
 fp32, never the repository's `vae_1_0/`, ONNX, Flax, OpenVINO or single-file copies), `model.vae_path` instead of
 the base VAE, the configs and tokenizers of `model.config_path` for a single-file checkpoint, and the evaluation
-backbones (`eval.dino`, `eval.clip_arch`/`eval.clip_pretrained`). `--dry-run` lists the files and their sizes
-(from the hub, or from the local cache when offline) and downloads nothing.
+backbones (`eval.dino`, `eval.clip_arch`/`eval.clip_pretrained`, `eval.clip_score_model`), each weights file once:
+the safetensors file where the repository has one, as the loaders pick it. `--dry-run` lists the files and their
+sizes (from the hub, or from the local cache when offline) and downloads nothing.
 
 Run it once on a machine with internet; afterwards runs work offline (HF_HUB_OFFLINE=1). Each item is tried on its
 own and the summary says which ones failed and why, so a partial download is visible.
@@ -62,6 +63,42 @@ class HubItem:
     repo: str
     revision: str | None = None
     patterns: list[str] | None = None  # None: every file
+    # weights files of which only the first the repository has is fetched (safetensors before a pickle copy of the
+    # same weights, as transformers' and open_clip's loaders choose)
+    prefer: list[str] | None = None
+
+    def selects(self, names: list[str]) -> list[str]:
+        """Of a repository's `names`: the pattern matches and the first preferred file it has."""
+        from huggingface_hub.utils import filter_repo_objects
+
+        chosen = list(filter_repo_objects(names, allow_patterns=self.patterns))
+        first = next((name for name in self.prefer or [] if name in names), None)
+        return chosen + [first] if first and first not in chosen else chosen
+
+    @property
+    def asked(self) -> list[str] | None:
+        """allow_patterns of the listing: the patterns and every preferred file (`selects` keeps one)."""
+        return self.patterns if not self.prefer else [*(self.patterns or []), *self.prefer]
+
+
+DINO_WEIGHTS = ["model.safetensors", "pytorch_model.bin"]
+OPEN_CLIP_WEIGHTS = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]  # open_clip's hub file names
+
+
+def open_clip_item(arch: str, tag: str) -> HubItem | None:
+    """The hub repository open_clip downloads `arch`'s weights `tag` from (ViT-B-32/openai:
+    timm/vit_base_patch32_clip_224.openai); None for a local file or folder, or a tag with a download URL only."""
+    import open_clip
+
+    if Path(tag).expanduser().exists():
+        return None
+    # open_clip's own reading (pretrained.download_pretrained): "org/model/" = the default file names,
+    # "org/model/file.bin" = that file, or its .safetensors twin where the repository has one
+    repo, file = os.path.split((open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", ""))
+    if not repo:
+        return None
+    twin = [file[:-4] + ".safetensors"] if file.endswith((".bin", ".pth")) else []
+    return HubItem(f"CLIP ({arch}, {tag})", repo, None, [], [*twin, file] if file else OPEN_CLIP_WEIGHTS)
 
 
 def hub_items(cfg) -> list[HubItem]:
@@ -79,8 +116,11 @@ def hub_items(cfg) -> list[HubItem]:
         if m.vae_path and not Path(m.vae_path).exists():
             vae = ["config.json", *weight_patterns("diffusion_pytorch_model", None)]
             items.append(HubItem(f"VAE ({m.vae_path})", m.vae_path, None, vae))
-    if not Path(cfg.eval.dino).expanduser().exists():
-        items.append(HubItem(f"DINO ({cfg.eval.dino})", cfg.eval.dino, None, ["*.json", "*.safetensors", "*.bin"]))
+    if not Path(cfg.eval.dino).expanduser().exists():  # the hub's repo has the weights as .bin and .safetensors
+        items.append(HubItem(f"DINO ({cfg.eval.dino})", cfg.eval.dino, None, ["*.json"], DINO_WEIGHTS))
+    clip = open_clip_item(cfg.eval.clip_arch, cfg.eval.clip_pretrained)
+    if clip is not None:
+        items.append(clip)
     score_model = cfg.eval.clip_score_model
     if not Path(score_model).expanduser().exists():
         items.append(HubItem(f"CLIP-score model ({score_model})", score_model, None, CLIP_PATTERNS))
@@ -92,25 +132,26 @@ def listing(item: HubItem) -> list[tuple[str, int | None, bool]]:
     read from the local cache. Raises if neither can answer."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import DryRunError
-    from huggingface_hub.utils import filter_repo_objects
 
     if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false"):
         try:
-            infos = snapshot_download(item.repo, revision=item.revision, allow_patterns=item.patterns, dry_run=True)
-            return [(i.filename, i.file_size, i.is_cached) for i in infos]
+            infos = snapshot_download(item.repo, revision=item.revision, allow_patterns=item.asked, dry_run=True)
+            keep = set(item.selects([i.filename for i in infos]))
+            return [(i.filename, i.file_size, i.is_cached) for i in infos if i.filename in keep]
         except DryRunError:
             pass  # no network: what does the cache hold?
-    cached = snapshot_download(item.repo, revision=item.revision, allow_patterns=item.patterns, local_files_only=True)
+    cached = snapshot_download(item.repo, revision=item.revision, allow_patterns=item.asked, local_files_only=True)
     folder = Path(cached)  # the whole cached snapshot: select as the download would
     names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    return [(n, (folder / n).stat().st_size, True) for n in filter_repo_objects(names, allow_patterns=item.patterns)]
+    return [(n, (folder / n).stat().st_size, True) for n in item.selects(names)]
 
 
 def _fetch_hub(item: HubItem) -> Callable[[], str]:
     def fetch() -> str:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(item.repo, revision=item.revision, allow_patterns=item.patterns)
+        files = [name for name, _, _ in listing(item)] if item.prefer else item.patterns  # each weights file once
+        return snapshot_download(item.repo, revision=item.revision, allow_patterns=files)
 
     return fetch
 
@@ -125,11 +166,18 @@ def _fetch_open_clip(arch: str, tag: str) -> Callable[[], str]:
     return fetch
 
 
+def _open_clip_url_only(cfg) -> bool:
+    """CLIP weights open_clip downloads from a URL itself (a tag without a hub repository)."""
+    local = Path(cfg.eval.clip_pretrained).expanduser().exists()
+    return not local and open_clip_item(cfg.eval.clip_arch, cfg.eval.clip_pretrained) is None
+
+
 def fetchers(cfg) -> dict[str, Callable[[], str]]:
     out = {item.label: _fetch_hub(item) for item in hub_items(cfg)}
-    out[f"CLIP ({cfg.eval.clip_arch}, {cfg.eval.clip_pretrained})"] = _fetch_open_clip(
-        cfg.eval.clip_arch, cfg.eval.clip_pretrained
-    )
+    if _open_clip_url_only(cfg):
+        out[f"CLIP ({cfg.eval.clip_arch}, {cfg.eval.clip_pretrained})"] = _fetch_open_clip(
+            cfg.eval.clip_arch, cfg.eval.clip_pretrained
+        )
     return out
 
 
@@ -148,7 +196,8 @@ def dry_run(cfg) -> int:
             print(f"  {_size(size):>10}  {name}{'  (cached)' if cached else ''}")
             total += size or 0
         print(f"  {_size(sum(s or 0 for _, s, _ in files)):>10}  in {len(files)} files")
-    print(f"total {_size(total)} (+ open_clip {cfg.eval.clip_arch}/{cfg.eval.clip_pretrained})")
+    url = _open_clip_url_only(cfg)
+    print(f"total {_size(total)}" + (f" (+ open_clip {cfg.eval.clip_arch}/{cfg.eval.clip_pretrained}, URL)" * url))
     return 1 if failed else 0
 
 
