@@ -95,7 +95,8 @@ TABLE1_ARGS    ?= sample.num_prompts=5 sample.images_per_prompt=2 sample.steps=1
 endif
 RUN_PREFIX := runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)
 TABLE1_OUT ?= runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)table1
-# LAUNCHER=local: cells one after another in this process; processes: one local process per cell through
+# LAUNCHER=local: the unfinished cells one after another in one worker process on one loaded base model
+# (para.run.worker: SDXL and the evaluation nets load once); processes: one local process per cell through
 # hydra-submitit-launcher (the SLURM code path on one machine); slurm: one SLURM job per cell (SLURM_ARGS).
 # MODEL=tiny/small cells need no GPU: they go through hydra/launcher=slurm_cpu (one CPU, 4 GB each).
 SLURM_ARGS ?=
@@ -122,7 +123,14 @@ $(foreach m,$(METHODS),$(foreach s,$(SUBJECTS),$(foreach k,$(SEEDS),$(eval $(cal
 .PHONY: FORCE table1-cells reproduce-table1 preflight-table1
 $(UNFINISHED): FORCE
 FORCE:
+ifeq ($(LAUNCHER),local)
+# One worker for every unfinished cell (the per-cell targets above still run a single cell: `make <its metrics.json>`)
+table1-cells:
+	$(if $(UNFINISHED),$(PY) -m para.run.worker $(TABLE1_COMMON) resume=true \
+	  $(foreach f,$(UNFINISHED),--cell "$(CELL_ARGS_$(f))"),@echo "every Table 1 cell is finished")
+else
 table1-cells: $(TABLE1_CELLS)
+endif
 
 # Every unfinished cell's inputs (weights, photos, eval backbones, device, memory, disk, run folder) are checked before the
 # first one trains; all problems are listed at once. SLURM cells run on other machines: their device is not ours.

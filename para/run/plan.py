@@ -174,7 +174,7 @@ def estimate(cfg: DictConfig, device: torch.device | None = None) -> dict[str, A
     runtime = runtime_bytes(device, cfg.plan.reserve_gb)
     host = None
     if device.type == "cuda":
-        host = host_bytes(cfg, counts, setting.weights_dtype, device) + runtime_bytes(CPU, 0)
+        host = host_bytes(cfg, counts, setting.weights_dtype, device)
     return {
         "method": cfg.method.name,
         "device": device.type,
@@ -268,8 +268,9 @@ def ram_budget_gb() -> float:
 
 
 def host_problem(record: dict[str, Any]) -> str | None:
-    """Why a run on a card cannot fit the host's RAM (loading, checkpoints written through it); or None."""
-    host, budget = record.get("host_gb"), ram_budget_gb()
+    """Why a run on a card cannot fit the host's RAM (loading, checkpoints written through it) on top of what
+    this process holds now; or None."""
+    host, budget = record.get("host_gb"), ram_budget_gb() - runtime_bytes(CPU, 0) / GIB
     if host is None or host <= budget:
         return None
     return (
