@@ -225,15 +225,18 @@ study-sheet: $(STAMP) ## user-study HTML sheet: PaRa vs LoRA side by side, shuff
 # Performance (issue 8): targets are the result files, re-made when the code they measure changes; delete the file
 # to re-measure anyway (`make -B` would also reinstall). BENCH_ARGS / PEER_ARGS add flags, e.g.
 # BENCH_ARGS="--threads 1 --rounds 5" on a busy machine, BENCH_ARGS="--compile-methods para lora" for torch.compile.
-# CPU default: tiny + small (random weights, a few minutes); with a GPU also the real-size SDXL UNet at 512/1024 px.
+# CPU default: tiny + small, and SDXL's real-size UNet at 256 px (PaRa with one QR per layer / batched vs LoRA);
+# with a GPU the real-size SDXL UNet at 512/1024 px. Then a sweep of 6 cells on `small`, one worker vs one process
+# per cell (para.bench.worker_saving → worker.{json,md}). Random weights throughout, ~25 min on 2 CPU cores.
 # `make flops` needs no weights and no GPU: counted FLOPs of every method on SDXL's real-size UNet (meta device).
 BENCH_OUT     ?= runs/bench
 BENCH_ARGS    ?=
 PEER_ARGS     ?=
-BENCH_SOURCES := $(wildcard para/*.py baselines/*.py conf/method/*.yaml conf/model/*.yaml)
+BENCH_SOURCES := $(wildcard para/*.py baselines/*.py conf/method/*.yaml conf/model/*.yaml para/run/worker.py)
 
 $(BENCH_OUT)/results.json: $(STAMP) $(BENCH_SOURCES)
 	$(PY) -m para.bench --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m para.bench.worker_saving --out $(BENCH_OUT)
 
 $(BENCH_OUT)/flops.json: $(STAMP) $(BENCH_SOURCES)
 	$(PY) -m para.bench.flops --out $(BENCH_OUT)
@@ -253,6 +256,6 @@ bench-gpu: ## on a GPU machine with torch/transformers/peft: install .whl/ offli
 	PYTHONPATH=.:.whl/site python3 -m para.bench --models sdxl --out $(BENCH_OUT) $(BENCH_ARGS)
 
 .PHONY: bench bench-peer flops
-bench: $(BENCH_OUT)/results.json ## step time, memory, params, file size, sampling, caching: PaRa vs LoRA vs DreamBooth → runs/bench/results.{json,md}
+bench: $(BENCH_OUT)/results.json ## step time, memory, params, file size, sampling, caching, QRs per step: PaRa vs LoRA vs DreamBooth; one worker vs a process per cell → runs/bench/{results,worker}.{json,md}
 flops: $(BENCH_OUT)/flops.json ## counted FLOPs per method on SDXL's real-size UNet (no weights, no GPU) + Table 1 cell cost → runs/bench/flops.{json,md}
 bench-peer: $(BENCH_OUT)/peer.json ## our LoRA vs diffusers' train_dreambooth_lora_sdxl.py (../shared/peers), same model → runs/bench/peer.{json,md}
