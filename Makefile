@@ -255,6 +255,16 @@ bench-gpu: ## on a GPU machine with torch/transformers/peft: install .whl/ offli
 	python3 -m pip install -q --no-index --no-deps --target .whl/site .whl/*.whl
 	PYTHONPATH=.:.whl/site python3 -m para.bench --models sdxl --out $(BENCH_OUT) $(BENCH_ARGS)
 
+# `make gpu-acceptance` (para.bench.gpu_acceptance), on a machine with one GPU, ≤ 10 min: DreamBooth killed at step 40
+# and resumed from its checkpoint of step 30, then every method 20 steps at 1024 px in one worker; CUDA peaks vs the
+# plan, step times, PaRa/LoRA ratio, sampling images/s → runs/gpu/acceptance.json. SDXL from the local cache, else
+# random weights. Without a GPU it says so and exits 0. On a torch-only GPU machine: carry .whl/ (make device-wheels).
+GPU_ARGS ?=
+.PHONY: gpu-acceptance
+gpu-acceptance: ## on a GPU: DreamBooth kill + resume, 20 steps of every method; CUDA peaks vs the plan, step ratio, images/s → runs/gpu/acceptance.json
+	$(if $(wildcard .whl/*.whl),python3 -m pip install -q --no-index --no-deps --target .whl/site .whl/*.whl)
+	PYTHONPATH=.:.whl/site $(if $(wildcard $(PY)),$(PY),python3) -m para.bench.gpu_acceptance $(GPU_ARGS)
+
 .PHONY: bench bench-peer flops
 bench: $(BENCH_OUT)/results.json ## step time, memory, params, file size, sampling, caching, QRs per step: PaRa vs LoRA vs DreamBooth; one worker vs a process per cell → runs/bench/{results,worker}.{json,md}
 flops: $(BENCH_OUT)/flops.json ## counted FLOPs per method on SDXL's real-size UNet (no weights, no GPU) + Table 1 cell cost → runs/bench/flops.{json,md}
