@@ -157,9 +157,10 @@ def test_make_plan_writes_the_table_for_every_card(tmp_path):
 def test_dreambooth_defaults_fit_the_papers_40gb_a100():
     """Table 1's DreamBooth (SDXL, 1024 px, bf16) with its method's training defaults fits a 40 GB card; the old
     defaults (AdamW, no gradient checkpointing) did not (issue 18, item 3)."""
-    assert plan.estimate(plan.table1_config("dreambooth", "sdxl", 1024), plan.CUDA)["total_gb"] <= 40
+    a100 = plan.CARDS["A100 40GB"]  # 39.6 GiB, as torch reports the card
+    assert plan.estimate(plan.table1_config("dreambooth", "sdxl", 1024), plan.CUDA)["total_gb"] <= a100
     old = [("train.optimizer", "adamw"), ("train.gradient_checkpointing", False)]
-    assert plan.estimate(plan.table1_config("dreambooth", "sdxl", 1024, changes=old), plan.CUDA)["total_gb"] > 40
+    assert plan.estimate(plan.table1_config("dreambooth", "sdxl", 1024, changes=old), plan.CUDA)["total_gb"] > a100
 
 
 def _table_lines(text: str, anchor: str) -> list[str]:

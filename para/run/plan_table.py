@@ -73,14 +73,14 @@ def dreambooth_table(records: list[dict], cards: list[float]) -> list[str]:
     lines = [
         "## DreamBooth memory",
         "",
-        f"| options | gradients | optimizer | activations | train peak | total | {card_cols} |",
-        "|---|" + "---:|" * (5 + len(cards)),
+        f"| options | gradients | optimizer | activations | train peak | total | {card_cols} | host RAM |",
+        "|---|" + "---:|" * (6 + len(cards)),
     ]
     for r in rows_:
         fits = " | ".join("fits" if r[f"fits_{c:g}"] else "–" for c in cards)
         lines.append(
             f"| {r['options']} | {_gb(r['gradients_gb'])} | {_gb(r['optimizer_gb'])} | {_gb(r['activations_gb'])} "
-            f"| {_gb(r['train_peak_gb'])} | {_gb(r['total_gb'])} | {fits} |"
+            f"| {_gb(r['train_peak_gb'])} | {_gb(r['total_gb'])} | {fits} | {_gb(r.get('host_gb'))} |"
         )
     return [*lines, ""]
 
