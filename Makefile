@@ -122,8 +122,9 @@ TABLE1_ARGS    ?= sample.num_prompts=5 sample.images_per_prompt=2 sample.steps=1
 endif
 RUN_PREFIX := runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)
 TABLE1_OUT ?= runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)table1
-# LAUNCHER=local: cells one after another, each `python run.py` seeing this shell's GPUs; processes: one local
-# process per cell through hydra-submitit-launcher (the SLURM code path on one machine), each with a card of its own
+# LAUNCHER=local: the unfinished cells one after another in one worker process on one loaded base model
+# (para.run.worker: SDXL and the evaluation nets load once), seeing this shell's GPUs; processes: one local process
+# per cell through hydra-submitit-launcher (the SLURM code path on one machine), each with a card of its own
 # (hydra_plugins/para_launcher; `make -j` never puts two cells on one card); slurm: one SLURM job per cell with one
 # GPU (SLURM_ARGS). MODEL=tiny/small cells need no GPU: no card, and hydra/launcher=slurm_cpu (one CPU, 4 GB each).
 SLURM_ARGS ?=
@@ -153,7 +154,14 @@ $(foreach m,$(METHODS),$(foreach s,$(SUBJECTS),$(foreach k,$(SEEDS),$(eval $(cal
 .PHONY: FORCE table1-cells reproduce-table1 preflight-table1
 $(UNFINISHED): FORCE
 FORCE:
+ifeq ($(LAUNCHER),local)
+# One worker for every unfinished cell (the per-cell targets above still run a single cell: `make <its metrics.json>`)
+table1-cells:
+	$(if $(UNFINISHED),$(PY) -m para.run.worker $(TABLE1_COMMON) resume=true \
+	  $(foreach f,$(UNFINISHED),--cell "$(CELL_ARGS_$(f))"),@echo "every Table 1 cell is finished")
+else
 table1-cells: $(TABLE1_CELLS)
+endif
 
 # Every unfinished cell's inputs (weights, photos, eval backbones, device, memory, disk, run folder) are checked before the
 # first one trains; all problems are listed at once. SLURM cells run on other machines: their device (and GPU) is
@@ -249,15 +257,18 @@ study-sheet: $(STAMP) ## user-study HTML sheet: PaRa vs LoRA side by side, shuff
 # Performance (issue 8): targets are the result files, re-made when the code they measure changes; delete the file
 # to re-measure anyway (`make -B` would also reinstall). BENCH_ARGS / PEER_ARGS add flags, e.g.
 # BENCH_ARGS="--threads 1 --rounds 5" on a busy machine, BENCH_ARGS="--compile-methods para lora" for torch.compile.
-# CPU default: tiny + small (random weights, a few minutes); with a GPU also the real-size SDXL UNet at 512/1024 px.
+# CPU default: tiny + small, and SDXL's real-size UNet at 256 px (PaRa with one QR per layer / batched vs LoRA);
+# with a GPU the real-size SDXL UNet at 512/1024 px. Then a sweep of 6 cells on `small`, one worker vs one process
+# per cell (para.bench.worker_saving → worker.{json,md}). Random weights throughout, ~25 min on 2 CPU cores.
 # `make flops` needs no weights and no GPU: counted FLOPs of every method on SDXL's real-size UNet (meta device).
 BENCH_OUT     ?= runs/bench
 BENCH_ARGS    ?=
 PEER_ARGS     ?=
-BENCH_SOURCES := $(wildcard para/*.py baselines/*.py conf/method/*.yaml conf/model/*.yaml)
+BENCH_SOURCES := $(wildcard para/*.py baselines/*.py conf/method/*.yaml conf/model/*.yaml para/run/worker.py)
 
 $(BENCH_OUT)/results.json: $(STAMP) $(BENCH_SOURCES)
 	$(PY) -m para.bench --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(PY) -m para.bench.worker_saving --out $(BENCH_OUT)
 
 $(BENCH_OUT)/first_contact.json: $(STAMP) $(BENCH_SOURCES) run.py $(wildcard para/run/*.py para/run/*.json)
 	$(PY) -m para.bench.first_contact --out $(BENCH_OUT)
@@ -279,7 +290,17 @@ bench-gpu: ## on a GPU machine with torch/transformers/peft: install .whl/ offli
 	python3 -m pip install -q --no-index --no-deps --target .whl/site .whl/*.whl
 	PYTHONPATH=.:.whl/site python3 -m para.bench --models sdxl --out $(BENCH_OUT) $(BENCH_ARGS)
 
+# `make gpu-acceptance` (para.bench.gpu_acceptance), on a machine with one GPU, ≤ 10 min: DreamBooth killed at step 40
+# and resumed from its checkpoint of step 30, then every method 20 steps at 1024 px in one worker; CUDA peaks vs the
+# plan, step times, PaRa/LoRA ratio, sampling images/s → runs/gpu/acceptance.json. SDXL from the local cache, else
+# random weights. Without a GPU it says so and exits 0. On a torch-only GPU machine: carry .whl/ (make device-wheels).
+GPU_ARGS ?=
+.PHONY: gpu-acceptance
+gpu-acceptance: ## on a GPU: DreamBooth kill + resume, 20 steps of every method; CUDA peaks vs the plan, step ratio, images/s → runs/gpu/acceptance.json
+	$(if $(wildcard .whl/*.whl),python3 -m pip install -q --no-index --no-deps --target .whl/site .whl/*.whl)
+	PYTHONPATH=.:.whl/site $(if $(wildcard $(PY)),$(PY),python3) -m para.bench.gpu_acceptance $(GPU_ARGS)
+
 .PHONY: bench bench-peer flops
-bench: $(BENCH_OUT)/results.json $(BENCH_OUT)/first_contact.json ## step time, memory, params, file size, sampling, caching: PaRa vs LoRA vs DreamBooth → runs/bench/results.{json,md}; the cold refusal of the paper's command and the first SDXL plan → first_contact.{json,md}
+bench: $(BENCH_OUT)/results.json $(BENCH_OUT)/first_contact.json ## step time, memory, params, file size, sampling, caching, QRs per step: PaRa vs LoRA vs DreamBooth; one worker vs a process per cell → runs/bench/{results,worker}.{json,md}; the cold refusal of the paper's command and the first SDXL plan → first_contact.{json,md}
 flops: $(BENCH_OUT)/flops.json ## counted FLOPs per method on SDXL's real-size UNet (no weights, no GPU) + Table 1 cell cost → runs/bench/flops.{json,md}
 bench-peer: $(BENCH_OUT)/peer.json ## our LoRA vs diffusers' train_dreambooth_lora_sdxl.py (../shared/peers), same model → runs/bench/peer.{json,md}

@@ -37,6 +37,7 @@ class DreamBoothMethodConfig:
 class DreamBooth(Method):
     name = "dreambooth"
     Config = DreamBoothMethodConfig
+    trains_base_weights = True
 
     def __init__(self, cfg: Any, base_model: str):
         super().__init__(cfg, base_model)
@@ -56,6 +57,13 @@ class DreamBooth(Method):
             unet.to(master)
         unet.requires_grad_(True)
         return list(unet.parameters())
+
+    def detach(self, unet: nn.Module) -> None:
+        """Frozen again, in the base weights' dtype; the trained values stay (the caller restores its copy)."""
+        self.end_training(unet)
+        for module in (unet, *self.text_encoders.values()):
+            module.requires_grad_(False)
+        self.text_encoders = {}
 
     def attach_text_encoders(self, pipe: Any) -> list[nn.Parameter]:
         if not self.cfg.train_text_encoder:

@@ -59,6 +59,10 @@ class PeftAdapter(Method):
             p.requires_grad_(True)
         return params
 
+    def detach(self, unet: nn.Module) -> None:
+        unet.unload_lora()  # diffusers: every peft layer (LoRA, LoHa, LoKr, OFT) replaced by its base layer
+        self.targets = []
+
     def state_dict(self, unet: nn.Module) -> dict[str, Tensor]:
         return get_peft_model_state_dict(unet, adapter_name=ADAPTER)
 

@@ -85,34 +85,40 @@ class ClipScorer:
         return torch.stack(out)
 
 
-def _random_clip(name: str) -> tuple[nn.Module, Any]:
-    """CLIPModel with seeded random weights in the architecture of `name` (a known OpenAI CLIP or a folder's
-    config.json), and the matching processor built offline (OpenAI's image statistics, the CLIP BPE tokenizer)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from para.core.models import clip_tokenizer
+def clip_config(name: str) -> Any:
+    """The `CLIPConfig` of `name`: a folder's config.json, or a known OpenAI CLIP's architecture (offline)."""
+    from transformers import CLIPConfig
 
     folder = Path(name).expanduser()
     if (folder / "config.json").is_file():
-        config = CLIPConfig.from_pretrained(folder)
-    elif name in OPENAI_CLIP:
-        (v_width, v_layers, v_heads, patch, size), (t_width, t_layers, t_heads), proj = OPENAI_CLIP[name]
-        config = CLIPConfig(
-            text_config=dict(
-                hidden_size=t_width, intermediate_size=4 * t_width, num_hidden_layers=t_layers,
-                num_attention_heads=t_heads, projection_dim=proj,
-            ),
-            vision_config=dict(
-                hidden_size=v_width, intermediate_size=4 * v_width, num_hidden_layers=v_layers,
-                num_attention_heads=v_heads, patch_size=patch, image_size=size, projection_dim=proj,
-            ),
-            projection_dim=proj,
-        )  # fmt: skip
-    else:
+        return CLIPConfig.from_pretrained(folder)
+    if name not in OPENAI_CLIP:
         raise ValueError(
             f"eval.clip_score_model={name!r}: random weights need its architecture; expected a folder with a "
             f"config.json or one of {sorted(OPENAI_CLIP)}"
         )
+    (v_width, v_layers, v_heads, patch, size), (t_width, t_layers, t_heads), proj = OPENAI_CLIP[name]
+    return CLIPConfig(
+        text_config=dict(
+            hidden_size=t_width, intermediate_size=4 * t_width, num_hidden_layers=t_layers,
+            num_attention_heads=t_heads, projection_dim=proj,
+        ),
+        vision_config=dict(
+            hidden_size=v_width, intermediate_size=4 * v_width, num_hidden_layers=v_layers,
+            num_attention_heads=v_heads, patch_size=patch, image_size=size, projection_dim=proj,
+        ),
+        projection_dim=proj,
+    )  # fmt: skip
+
+
+def _random_clip(name: str) -> tuple[nn.Module, Any]:
+    """CLIPModel with seeded random weights in the architecture of `name` (a known OpenAI CLIP or a folder's
+    config.json), and the matching processor built offline (OpenAI's image statistics, the CLIP BPE tokenizer)."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from para.core.models import clip_tokenizer
+
+    config = clip_config(name)
     with seeded(CLIP_SCORE_SEED):
         model = CLIPModel(config)
     size = config.vision_config.image_size

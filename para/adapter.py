@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from para.batched_qr import SharedBases
 from para.core.method import check_range, check_rank
 from para.layers import INITS, PaRaLayer, initial_b, out_features
 from para.layerwise import LayerwiseMethod
@@ -27,6 +28,9 @@ class ParaConfig:
     init: str = "gaussian"
     init_std: float = 0.02
     lr: float = 1e-4  # reading: not stated in the paper
+    # Q = qr(B) of all layers of one B shape in one batched QR per step (para.batched_qr; the same Q); false: one
+    # QR per layer (the reference `make bench` compares with)
+    batch_qr: bool = True
 
 
 def effective_rank(rank: int, width: int, gamma: float | None) -> int:
@@ -48,6 +52,7 @@ class PaRa(LayerwiseMethod):
     def __init__(self, cfg: Any, base_model: str):
         super().__init__(cfg, base_model)
         self.ranks: dict[str, int] = {}  # effective rank per layer, recorded in the adapter metadata
+        self.shared_bases: SharedBases | None = None
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
@@ -58,6 +63,18 @@ class PaRa(LayerwiseMethod):
         if cfg.init not in INITS:
             raise ValueError(f"unknown PaRa init {cfg.init!r}; expected one of {list(INITS)}")
         check_range(cfg.init_std > 0, "method.init_std", cfg.init_std, "a standard deviation > 0")
+
+    def attach(self, unet: nn.Module) -> list[nn.Parameter]:
+        params = super().attach(unet)
+        if self.cfg.batch_qr and issubclass(self.layer_type, PaRaLayer):  # para_authors: no QR after attaching
+            self.shared_bases = SharedBases(self.layers(unet).values()).attach(unet)
+        return params
+
+    def detach(self, unet: nn.Module) -> None:
+        if self.shared_bases is not None:
+            self.shared_bases.detach()
+            self.shared_bases = None
+        super().detach(unet)
 
     def wrap(self, name: str, module: nn.Linear | nn.Conv2d) -> PaRaLayer:
         width = out_features(module)

@@ -67,6 +67,10 @@ def initial_b(layer: nn.Linear | nn.Conv2d, rank: int, init: str, std: float, ge
 class PaRaLayer(nn.Module):
     """Wraps a frozen nn.Linear or nn.Conv2d; only `para_B` trains."""
 
+    # (Q, the `_version` of para_B it was computed from): Q of this layer from the batched QR of every layer of its
+    # shape (para.batched_qr.SharedBases), set by the UNet's forward; None: the layer computes its own.
+    shared_basis: tuple[Tensor, int] | None = None
+
     def __init__(self, base: nn.Linear | nn.Conv2d, b: Tensor):
         super().__init__()
         if not isinstance(base, nn.Linear | nn.Conv2d):
@@ -90,6 +94,14 @@ class PaRaLayer(nn.Module):
     def basis(self) -> Tensor:
         return orthonormal_basis(self.para_B)
 
+    def _current_basis(self) -> Tensor:
+        """The shared Q while B is the one it was computed from (an optimizer step since makes it stale), else
+        this layer's own QR."""
+        shared = self.shared_basis
+        if shared is not None and shared[1] == self.para_B._version:
+            return shared[0]
+        return self.basis()
+
     def _conv_args(self) -> ConvArgs:
         """None for Linear; (stride, padding, dilation, groups) for Conv2d."""
         if isinstance(self.base, nn.Linear):
@@ -107,7 +119,7 @@ class PaRaLayer(nn.Module):
         if self.merged:
             return self.base(x)
         # h − Q(Qᵀh); while training, through a function that saves x and Qᵀh instead of h (para_function.py).
-        y = para_projection(x, self.basis(), self.base.weight, self._conv_args())
+        y = para_projection(x, self._current_basis(), self.base.weight, self._conv_args())
         bias = self.base.bias
         if bias is None:
             return y

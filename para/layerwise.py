@@ -103,6 +103,14 @@ class LayerwiseMethod(Method):
             params += list(layer.parameters(recurse=False))  # the wrapper's own tensors, never the base's
         return params
 
+    def detach(self, unet: nn.Module) -> None:
+        if self._parked:
+            self.finish_sampling(unet)
+        for name, layer in self.layers(unet).items():
+            layer.unmerge()  # W0 itself, bit for bit
+            unet.set_submodule(name, layer.base)
+        self.names = []
+
     def layer_names(self) -> list[str]:
         return self.names
 

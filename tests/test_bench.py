@@ -230,8 +230,18 @@ def test_variants_and_unknown_methods():
     ]
     with pytest.raises(ValueError, match="compile-methods"):
         bench.variants_of(["lora"], None, ["para"])
-    with pytest.raises(ValueError, match="explicit --resolution"):  # before building a 2.6 B-param UNet
-        bench.benchmark(["sdxl"], ["para"], bench.Settings(device="cpu"))
+    with pytest.raises(ValueError, match="unknown model"):
+        bench.model_plan("sdxl_", bench.Settings(device="cpu"), [], None)
+
+
+def test_sdxl_on_a_cpu_runs_the_para_lora_comparison_at_256px():
+    """`make bench` without a GPU measures SDXL's real-size UNet at 256 px: PaRa (one QR per layer and batched)
+    and LoRA, two rounds of one step, bf16 autocast, no sampling, one UNet copy at a time."""
+    variants = bench.variants_of(["para", "para_qr_per_layer", "lora", "dreambooth", "frozen"], "para")
+    sizes, chosen, settings = bench.model_plan("sdxl", bench.Settings(device="cpu"), variants, None)
+    assert sizes == (256,) and [v.method for v in chosen] == ["para", "para_qr_per_layer", "lora"]
+    assert (settings.rounds, settings.steps, settings.sample_images, settings.keep) == (2, 1, 0, False)
+    assert settings.mixed_precision == "bf16"
 
 
 def test_materialize_meta_unet_gives_finite_outputs():

@@ -170,8 +170,10 @@ def test_reproduce_table1_remakes_only_unfinished_cells(tmp_path):
             text=True,
         )
         assert plan.returncode == 0, plan.stderr
-        runs = [line for line in plan.stdout.splitlines() if "run.py" in line]
-        assert len(runs) == 1 and "method=lora" in runs[0] and "resume=true" in runs[0]
+        runs = [line for line in plan.stdout.splitlines() if "para.run.worker" in line]  # LAUNCHER=local: one worker
+        assert (
+            len(runs) == 1 and runs[0].count("--cell") == 1 and "method=lora" in runs[0] and "resume=true" in runs[0]
+        )
     finally:
         for path, data in backups.items():
             if data is None:

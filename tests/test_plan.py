@@ -105,9 +105,10 @@ def test_counts_match_the_trainer_and_torch_optimizers(dreambooth_tiny, tiny_pip
 
 def _cuda_cfg(*overrides: str):
     """A plan for a (pretend) CUDA card of `plan.gpu_memory_gb` (nothing touches CUDA), in fp32 without autocast
-    like the CPU fixture above, whose counts it reuses."""
+    like the CPU fixture above, whose counts it reuses; not scored (the evaluation nets outweigh the tiny model)."""
     return compose_config(*QUICK, "method=dreambooth", "device=cuda", "plan.reserve_gb=0", "plan.cache_dir=null",
-                          "model.weights_dtype=fp32", "train.mixed_precision=no", *overrides)  # fmt: skip
+                          "model.weights_dtype=fp32", "train.mixed_precision=no", "eval.enabled=false",
+                          *overrides)  # fmt: skip
 
 
 def test_check_refuses_a_run_that_cannot_fit_and_names_what_would(dreambooth_tiny, tmp_path):
@@ -148,8 +149,8 @@ def test_disk_counts_checkpoints_as_the_trainer_writes_them(monkeypatch, tmp_pat
 def test_make_plan_writes_the_table_for_every_card(tmp_path):
     assert plan.main(["--model", "tiny", "--methods", "para", "--out", str(tmp_path), "plan.cache_dir=null"]) == 0
     records = json.loads((tmp_path / "plan.json").read_text())
-    assert [r["method"] for r in records] == ["para"] and all(records[0][f"fits_{c}"] for c in (24, 40, 80))
-    assert "| 24 GB | 40 GB | 80 GB |" in (tmp_path / "plan.md").read_text()
+    assert [r["method"] for r in records] == ["para"] and all(records[0][f"fits_{c}"] for c in (23.6, 39.6, 79.2))
+    assert "| 24 GB (23.6 GiB) | A100 40GB (39.6 GiB) | 80 GB (79.2 GiB) |" in (tmp_path / "plan.md").read_text()
 
 
 @pytest.mark.slow
@@ -173,8 +174,9 @@ def test_the_docs_memory_tables_are_make_plans_output():
     """docs/resources.md and docs/methods.md show `make plan`'s tables, not hand arithmetic."""
     from para.run.plan_table import markdown
 
-    records = plan.rows([24, 40, 80], "sdxl", 1024, None, [])
-    output = markdown(records, [24, 40, 80], "sdxl", 1024)
+    cards = list(plan.CARDS.values())
+    records = plan.rows(cards, "sdxl", 1024, None, [])
+    output = markdown(records, cards, "sdxl", 1024)
     resources = (REPO / "docs" / "resources.md").read_text()
     methods = (REPO / "docs" / "methods.md").read_text()
     for lines in (

@@ -92,7 +92,7 @@ def test_11_make_n_reproduce_table1_writes_nothing():
     args = ["MODEL=tiny", "SUBJECTS=dog", "SEEDS=0", "METHODS=para", "BACKBONES=random"]
     plan = subprocess.run(["make", "-n", "reproduce-table1", *args], cwd=REPO, capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr
-    assert "para.run.preflight" in plan.stdout and "run.py" in plan.stdout  # the plan is shown
+    assert "para.run.preflight" in plan.stdout and "para.run.worker" in plan.stdout  # the plan is shown
     assert _snapshot(REPO / "runs") == before
 
 
@@ -138,7 +138,7 @@ def test_9_reproduce_table1_checks_every_unfinished_cell_before_the_first_trains
     args = ["MODEL=tiny", "SUBJECTS=dog cat", "SEEDS=987654", "METHODS=para lora", "BACKBONES=pretrained"]  # unmade
     plan = subprocess.run(["make", "-n", "reproduce-table1", *args], cwd=REPO, capture_output=True, text=True)
     lines = plan.stdout.splitlines()
-    first_run = next(i for i, line in enumerate(lines) if " run.py " in line)
+    first_run = next(i for i, line in enumerate(lines) if "para.run.worker" in line)
     (check,) = [line for line in lines[:first_run] if "-m para.run.preflight" in line]  # before any cell trains
     argv = shlex.split(check)
     assert argv.count("--cell") == 4  # every unfinished cell

@@ -12,9 +12,11 @@ How it measures (all in one process, through the project's own code path):
 - Rounds are round-robin: each trains `steps` steps of every variant in turn with `Trainer.train` (the start
   rotates), so machine noise hits all alike; `step_seconds` is the median of all timed steps, wall clock, and
   `step_cpu_seconds` the same in CPU seconds of the process (CPU only).
-- `lora_attn` is LoRA on the attention projections q/k/v/out (diffusers' default target); `frozen` is the floor:
-  the same loss, forward and backward through the frozen UNet to the (grad-requiring) input latents, nothing
-  to train.
+- `lora_attn` is LoRA on the attention projections q/k/v/out (diffusers' default target); `para_qr_per_layer` is
+  PaRa with one QR per layer (`method.batch_qr=false`, before para.batched_qr); `frozen` is the floor: the same
+  loss, forward and backward through the frozen UNet to the (grad-requiring) input latents, nothing to train.
+- Operators per training step (`para.bench.dispatches.DispatchCount`: each is at least one kernel launch on a
+  GPU), all and QRs, counted in one extra untimed step after the warm-up.
 - Peak memory while attaching and warming up: see `para.core.memory` (CPU: VmHWM, reset per variant; CUDA:
   max allocated). `peak_memory_mb` = memory held by the pipeline alone (as a real run holds it) + the
   increase, so the benchmark's extra UNet copy is not counted; `peak_increase_mb` is the increase alone.
@@ -51,6 +53,7 @@ from diffusers import StableDiffusionXLPipeline
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from para.bench.dispatches import DispatchCount
 from para.bench.parts import (
     PROMPT,
     VARIANTS,
@@ -80,6 +83,9 @@ log = logging.getLogger(__name__)
 
 # 128 px keeps `small` (SDXL's 320/640 widths) to a few seconds per step on 2 CPU cores.
 RESOLUTIONS = {"tiny": (64,), "small": (128,), "sdxl": (512, 1024)}
+# SDXL's real-size UNet on a CPU (~7 s per step at 512 px): at 256 px, bf16 autocast, the PaRa/LoRA comparison
+# only (one QR per layer vs batched), two rounds of one step, no sampling. DreamBooth would need > 41 GB of RAM.
+SDXL_CPU = dict(resolution=256, methods=("para", "para_qr_per_layer", "lora"), rounds=2, warmup=1, steps=1)
 NUM_PHOTOS = 4  # synthetic photos: step cost does not depend on pixel content
 # Record keys reported as the median over all segments (and over the steps or images within them). Peak memory
 # too: the first segment of a method can pay one-time, process-wide costs (MKL/oneDNN workspaces) that are not
@@ -167,6 +173,9 @@ class ModelBench:
                 adapter_file_bytes=self._file_size(method, unet) if trains else None,
                 method_config=OmegaConf.to_container(cfg.method) if trains else None,
             )
+            with DispatchCount() as count:  # one more step, untimed: the mode's Python call per operator is slow
+                contestant.train(1, self.resolution)
+            tally.facts.update(dispatches_per_step=count.total, qr_per_step=count.matching("linalg_qr"))
         return contestant
 
     def measure(self, contestant: Contestant, tally: Tally, round_index: int = 0) -> None:
@@ -352,6 +361,28 @@ def records_of(bench: ModelBench, tallies: dict[Variant, Tally], prov: dict) -> 
     return records
 
 
+def model_plan(
+    model: str, settings: Settings, variants: list[Variant], resolutions: Sequence[int] | None
+) -> tuple[Sequence[int], list[Variant], Settings]:
+    """(resolutions, variants, settings) of `model`: SDXL keeps one UNet copy at a time, and on a CPU runs the
+    PaRa/LoRA comparison of `SDXL_CPU` (at 256 px unless --resolution says otherwise)."""
+    if model not in RESOLUTIONS:
+        raise ValueError(f"unknown model {model!r}; expected one of {list(RESOLUTIONS)}")
+    if model != "sdxl":
+        return resolutions or RESOLUTIONS[model], variants, settings
+    # one UNet copy at a time: a kept copy per variant (GBs each) would not fit next to the base model
+    settings = dataclasses.replace(settings, keep=False)
+    if _device(settings.device).startswith("cuda"):
+        return resolutions or RESOLUTIONS[model], variants, settings
+    amp = "bf16" if settings.mixed_precision == "auto" else settings.mixed_precision
+    cpu = dict(rounds=min(settings.rounds, SDXL_CPU["rounds"]), warmup=SDXL_CPU["warmup"], steps=SDXL_CPU["steps"])
+    return (
+        resolutions or (SDXL_CPU["resolution"],),
+        [v for v in variants if v.method in SDXL_CPU["methods"] and v.cache_latents and not v.compile],
+        dataclasses.replace(settings, **cpu, sample_images=0, mixed_precision=amp),
+    )
+
+
 def benchmark(
     models: Sequence[str], methods: Sequence[str], settings: Settings, resolutions: Sequence[int] | None = None
 ) -> list[dict]:
@@ -360,23 +391,15 @@ def benchmark(
     prov = provenance(_device(settings.device))
     records = []
     for model in models:
-        pipe, model_settings = None, settings
+        sizes, model_variants, model_settings = model_plan(model, settings, variants, resolutions)
+        pipe = None
         if model == "sdxl":
             from para.bench.sdxl import build_sdxl_random_pipeline
 
-            if not _device(settings.device).startswith("cuda") and not resolutions:
-                raise ValueError(
-                    "the real-size SDXL benchmark on CPU needs an explicit --resolution (e.g. 256: SDXL's own layers "
-                    "at a small latent, tens of seconds per step); 512 and 1024 px are for a GPU"
-                )
             pipe = build_sdxl_random_pipeline(_device(settings.device), torch.bfloat16, settings.seed)
-            # one UNet copy at a time: a kept copy per variant (GBs each) would not fit next to the base model
-            model_settings = dataclasses.replace(settings, keep=False)
-        elif model not in RESOLUTIONS:
-            raise ValueError(f"unknown model {model!r}; expected one of {list(RESOLUTIONS)}")
-        for resolution in resolutions or RESOLUTIONS[model]:
+        for resolution in sizes:
             bench = ModelBench(model, resolution, model_settings, pipe)
-            records += records_of(bench, run_rounds(bench, variants), prov)
+            records += records_of(bench, run_rounds(bench, model_variants), prov)
             pipe = bench.pipe  # SDXL: build once, reuse for every resolution
             del bench
             release_memory(torch.device(_device(settings.device)))
@@ -385,10 +408,7 @@ def benchmark(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m para.bench", description=__doc__.split("\n\n")[0])
-    gpu = torch.cuda.is_available()
-    parser.add_argument(
-        "--models", nargs="+", default=["tiny", "small", *(["sdxl"] if gpu else [])], choices=list(RESOLUTIONS)
-    )
+    parser.add_argument("--models", nargs="+", default=["tiny", "small", "sdxl"], choices=list(RESOLUTIONS))
     parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--resolution", type=int, nargs="+", help="override every model's resolutions")
     defaults = Settings()

@@ -30,6 +30,7 @@ PROMPT = PromptSpec(0, "a photo of sks dog", "a photo of dog")
 # bench (and `para.bench.flops`) name -> (registry method to compose, extra overrides); None = the frozen floor
 VARIANTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "para": ("para", ()),
+    "para_qr_per_layer": ("para", ("method.batch_qr=false",)),  # PaRa before batching its QRs (para.batched_qr)
     "lora": ("lora", ()),
     "lora_attn": ("lora_attn", ()),
     "dreambooth": ("dreambooth", ()),

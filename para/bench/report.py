@@ -191,6 +191,8 @@ def _training_rows(rows: list[dict]) -> list[list[str]]:
             _fmt(r.get("peak_increase_mb"), ".0f"),
             _fmt(r.get("memory_increase_ratio_lora"), ".2f"),
             _fmt(r.get("trainable_params")),
+            _fmt(r.get("dispatches_per_step")),
+            _fmt(r.get("qr_per_step")),
             _fmt(None if r.get("adapter_file_bytes") is None else r["adapter_file_bytes"] / 2**20)
             + (f" (error: {r['error']})" if r.get("error") else ""),
         ]
@@ -211,6 +213,24 @@ def _sampling_rows(rows: list[dict]) -> list[list[str]]:
         ]
         for r in rows
         if r.get("sample_seconds_per_image") is not None
+    ]
+
+
+def _qr_note(rows: list[dict]) -> list[str]:
+    """PaRa with one batched QR per B shape against one QR per layer (para.batched_qr), when both were run."""
+    by = {r["method"]: r for r in rows if not r.get("compile")}
+    batched, per_layer = by.get("para"), by.get("para_qr_per_layer")
+    if not (batched and per_layer):
+        return []
+
+    def pair(key: str, spec: str = ".3g") -> str:
+        return f"{_fmt(batched.get(key), spec)} vs {_fmt(per_layer.get(key), spec)}"
+
+    return [
+        "",
+        f"PaRa's QRs, one batched QR per B shape vs one QR per layer: QRs per step {pair('qr_per_step')}; "
+        f"operators per step {pair('dispatches_per_step')}; step time ×LoRA {pair('step_ratio_lora', '.2f')} "
+        f"(CPU time ×LoRA {pair('step_cpu_ratio_lora', '.2f')}).",
     ]
 
 
@@ -249,10 +269,13 @@ def to_markdown(records: list[dict]) -> str:
                 "+MB",
                 "×LoRA",
                 "trainable",
+                "ops/step",
+                "QRs/step",
                 "file MB",
             ],
             _training_rows(cached),
         )
+        lines += _qr_note(cached)
         sampling = _sampling_rows(cached)
         if sampling:
             steps = next((r["sample_steps"] for r in cached if r.get("sample_steps")), "?")

@@ -41,6 +41,9 @@ class Method:
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    # True for a method that trains the base weights themselves (DreamBooth): `detach` cannot give the base model
+    # back, whoever runs the next cell on the same UNet restores its weights from a copy (para.run.worker).
+    trains_base_weights: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, base_model: str):
         self.cfg = as_dataclass(self.Config, cfg)
@@ -60,6 +63,11 @@ class Method:
 
     def load_state_dict(self, unet: nn.Module, state: dict[str, Tensor]) -> None:
         raise NotImplementedError
+
+    def detach(self, unet: nn.Module) -> None:
+        """Take the method out of the UNet it is attached to, leaving the base model's own modules, frozen (the
+        weights too, unless `trains_base_weights`), so that another method can be attached to the same UNet."""
+        raise NotImplementedError(f"{self.name} cannot be detached from its UNet")
 
     def summary(self) -> dict[str, Any]:
         """Facts worth recording with the run (e.g. effective rank per layer)."""

@@ -251,12 +251,12 @@ def resource_plan(cell: Cell) -> dict[str, Any] | None:
 
 @standard("memory", requires=("config", "method", "gpu"))
 def fits_memory(cell: Cell) -> Iterable[str]:
-    """The plan's peak fits the card (`plan.gpu_memory_gb` or the one found) or, on a CPU, the RAM available."""
-    from para.run.plan import memory_problem
+    """The plan's peak fits the card (`plan.gpu_memory_gb` or its free memory) or, on a CPU, the RAM available; a
+    run on a card also fits the host's RAM."""
+    from para.run.plan import host_problem, memory_problem
 
     record = resource_plan(cell)
-    problem = record and memory_problem(cell.cfg, record)
-    return [problem] if problem else []
+    return [p for p in (memory_problem(cell.cfg, record), host_problem(record)) if p] if record else []
 
 
 @standard("disk", requires=("config", "method", "gpu"))

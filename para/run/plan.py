@@ -3,13 +3,17 @@
     python -m para.run.plan [--cards 24 40 80] [--resolution 1024] [--out runs/plan] [overrides…]   # `make plan`
 
 For every method (SDXL 1.0, Table 1's settings, a CUDA card): resident weights, trainable parameters,
-gradients, optimizer state, activations (counted, `para.run.plan_count`), the peak of each phase (encoding the
-photos, training, sampling) against 24/40/80 GB cards, checkpoint size × how many are kept, and the disk of one
-Table 1 cell and of the whole table → a table on screen and `runs/plan/plan.{json,md}`.
+gradients, optimizer state, activations (counted under CUDA's autocast rules, `para.run.plan_count`), the peak of
+each phase (encoding the photos, training, sampling in the method's sampling form, scoring with the evaluation
+nets beside SDXL, `para.run.plan_eval`) against the cards as torch reports them (`CARDS`: a "40 GB" A100 has
+39.6 GiB), the host RAM of a run on a card (loading, and a checkpoint's tensors copied out to be written),
+checkpoint size × how many are kept, and the disk of one Table 1 cell and of the whole table → a table on screen
+and `runs/plan/plan.{json,md}`.
 
-`check(cfg)` is the same plan for one run on its own device (`plan.gpu_memory_gb`, or detected; on a CPU the
-available RAM) and the free disk of its run folder. Every run's preflight (para.run.checks `memory` and `disk`)
-refuses, before anything loads, a run that cannot fit, naming the options that would (`fitting_options`).
+`check(cfg)` is the same plan for one run on its own device (`plan.gpu_memory_gb`, or the card's free memory: a
+shared card's budget is what is free on it; on a CPU the available RAM) and the free disk of its run folder.
+Every run's preflight (para.run.checks `memory` and `disk`) refuses, before anything loads, a run that cannot fit,
+naming the options that would (`fitting_options`).
 """
 
 from __future__ import annotations
@@ -33,14 +37,16 @@ from para.core.sdxl_architecture import architecture_of
 from para.core.trainer import autocast_dtype
 from para.run.config import compose_config
 from para.run.plan_count import Setting, cached_counts
-from para.run.plan_table import markdown, table1_disk_gb
+from para.run.plan_eval import cached_eval_counts
+from para.run.plan_table import CARDS, markdown, table1_disk_gb
 from para.run.registry import METHODS
 
 log = logging.getLogger(__name__)
 GIB = 2**30
-CUDA = torch.device("cuda")
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 DTYPE_ITEMSIZE = {name: dtype.itemsize for dtype, name in DTYPE_NAMES.items()}
+
 # Changes that lower memory, least intrusive first; `fitting_options` tries them (when none fits alone: pairs).
 OPTIONS: list[tuple[str, Any]] = [
     ("train.gradient_checkpointing", True),
@@ -59,6 +65,7 @@ def setting_of(cfg: DictConfig, device: torch.device) -> Setting:
     amp = autocast_dtype(cfg.train.mixed_precision, device)
     return Setting(
         architecture=architecture_of(cfg.model)[0],
+        device=device.type,
         method=cfg.method.name,
         method_cfg=json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True),
         weights_dtype=DTYPE_NAMES[resolve_dtype(cfg.model.weights_dtype, device)],
@@ -69,6 +76,7 @@ def setting_of(cfg: DictConfig, device: torch.device) -> Setting:
         prior=cfg.train.prior_loss_weight > 0,
         sample_resolution=cfg.sample.resolution or cfg.model.resolution,
         sample_batch_size=cfg.sample.batch_size,
+        sample_merge=bool(cfg.sample.merge),
     )
 
 
@@ -127,6 +135,24 @@ def parked_while_training(cfg: DictConfig, components: dict[str, int], device: t
     return sum(components[name] for name in ("vae", "text_encoder", "text_encoder_2"))
 
 
+def host_bytes(cfg: DictConfig, counts, weights_dtype: str, device: torch.device) -> int:
+    """Host RAM of a run on a card, its tensors: loading (the files are read and converted in host RAM before the
+    components move to the card), or, while training, the parts parked on the CPU plus a checkpoint being written
+    (`save_checkpoint` copies the method's tensors to the host, then the optimizer's: DreamBooth with AdamW holds
+    its 19 GiB of moments there)."""
+    checkpoint = max(counts.checkpoint_trainable, counts.optimizer_state[cfg.train.optimizer])
+    training = parked_while_training(cfg, counts.components, device) + checkpoint
+    return max(load_bytes(cfg, counts.components, weights_dtype), training)
+
+
+def scores_here(cfg: DictConfig, device: torch.device) -> bool:
+    """Whether the run scores its samples, with the evaluation nets on the run's own device (`eval.device`)."""
+    if not (cfg.sample.enabled and cfg.eval.enabled):
+        return False
+    where = cfg.eval.device
+    return where == device.type or where.startswith(f"{device.type}:") or (where == "auto" and device.type == "cuda")
+
+
 def estimate(cfg: DictConfig, device: torch.device | None = None) -> dict[str, Any]:
     """The plan of one run on `device` (default: the run's own) as a flat record (sizes in GiB)."""
     device = device or resolve_device(cfg.device)
@@ -136,12 +162,19 @@ def estimate(cfg: DictConfig, device: torch.device | None = None) -> dict[str, A
     phases = {
         "encode": sampling.encode_peak,
         "train": counts.train_peak(optimizer) - parked_while_training(cfg, counts.components, device),
-        "sample": max(sampling.sample_peak, sampling.decode_peak),
+        # after training: the weights `end_training` leaves (DreamBooth's master cast down), in the sampling form
+        "sample": sampling.resident_change + max(sampling.sample_peak, sampling.decode_peak),
     }
+    evaluation = cached_eval_counts(cfg.eval, cfg.plan.cache_dir) if scores_here(cfg, device) else None
+    if evaluation:  # scoring: SDXL is still there, and the evaluation nets beside it
+        phases["eval"] = sampling.resident_change + evaluation.weights + evaluation.peak
     if device.type == "cpu":  # on a GPU loading happens in host RAM, not on the card
         phases["load"] = load_bytes(cfg, counts.components, setting.weights_dtype) - counts.resident
     phase = max(phases, key=phases.get)
     runtime = runtime_bytes(device, cfg.plan.reserve_gb)
+    host = None
+    if device.type == "cuda":
+        host = host_bytes(cfg, counts, setting.weights_dtype, device)
     return {
         "method": cfg.method.name,
         "device": device.type,
@@ -158,11 +191,14 @@ def estimate(cfg: DictConfig, device: torch.device | None = None) -> dict[str, A
         "gradients_gb": counts.gradients / GIB,
         "optimizer_gb": counts.optimizer_state[optimizer] / GIB,
         "activations_gb": counts.activations / GIB,
+        "sampling_form_gb": sampling.sampling_form / GIB,
+        "eval_nets_gb": evaluation.weights / GIB if evaluation else 0.0,
         **{f"{name}_peak_gb": (counts.resident + value) / GIB for name, value in phases.items()},
         "peak_gb": (counts.resident + phases[phase]) / GIB,
         "peak_phase": phase,
         "runtime_gb": runtime / GIB,
         "total_gb": (counts.resident + phases[phase] + runtime) / GIB,
+        "host_gb": host / GIB if host is not None else None,
         **disk(cfg, counts),
     }
 
@@ -232,20 +268,38 @@ def _fitting(cfg: DictConfig, device: torch.device, budget_gb: float, candidates
 
 
 def memory_budget_gb(cfg: DictConfig, device: torch.device) -> tuple[float, str] | None:
-    """(GiB the run may use in total, what it is): the card, or on a CPU the RAM available now + this process.
-    None for a card this machine does not have (the preflight's `device` check names that) and no
+    """(GiB the run may use in total, what it is): the card's free memory (on a shared card, what the other
+    processes leave; with what this process's allocator already holds), or on a CPU the RAM available now + this
+    process. None for a card this machine does not have (the preflight's `device` check names that) and no
     `plan.gpu_memory_gb` to plan for."""
     if device.type == "cuda":
         if cfg.plan.gpu_memory_gb is not None:
             return cfg.plan.gpu_memory_gb, "plan.gpu_memory_gb"
         if not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count():
             return None
-        total = torch.cuda.get_device_properties(device).total_memory / GIB
-        return total, torch.cuda.get_device_name(device)
+        free, total = torch.cuda.mem_get_info(device)
+        budget = (free + torch.cuda.memory_reserved(device)) / GIB
+        return budget, f"{torch.cuda.get_device_name(device)} ({free / GIB:.1f} of its {total / GIB:.1f} GiB free)"
+    return ram_budget_gb(), "RAM available"
+
+
+def ram_budget_gb() -> float:
+    """The host RAM available now plus what this process already holds (GiB); inf where /proc says nothing."""
     available = proc_kib(MEMINFO, "MemAvailable")
-    if available is None:
-        return float("inf"), "RAM (unknown)"
-    return (available * 1024 + runtime_bytes(device, 0)) / GIB, "RAM available"
+    return float("inf") if available is None else (available * 1024 + runtime_bytes(CPU, 0)) / GIB
+
+
+def host_problem(record: dict[str, Any]) -> str | None:
+    """Why a run on a card cannot fit the host's RAM (loading, checkpoints written through it) on top of what
+    this process holds now; or None."""
+    host, budget = record.get("host_gb"), ram_budget_gb() - runtime_bytes(CPU, 0) / GIB
+    if host is None or host <= budget:
+        return None
+    return (
+        f"{record['method']} needs ~{host:.1f} GiB of host RAM besides the card (loading the weights, writing a "
+        f"{record['checkpoint_gb']:.1f} GiB checkpoint through the host), {budget:.1f} GiB are available: free host "
+        "RAM, use a machine with more, or an optimizer with less state (train.optimizer=adafactor)"
+    )
 
 
 def memory_problem(cfg: DictConfig, record: dict[str, Any]) -> str | None:
@@ -286,7 +340,8 @@ def check(cfg: DictConfig, run_dir: Path | None = None) -> list[str]:
     Runs check this in their preflight (para.run.checks: `memory`, `disk`)."""
     record = estimate(cfg)
     folder = existing_parent(Path(run_dir or cfg.run_dir))
-    found = [memory_problem(cfg, record), disk_problem(record, folder, shutil.disk_usage(folder).free / GIB)]
+    free = shutil.disk_usage(folder).free / GIB
+    found = [memory_problem(cfg, record), host_problem(record), disk_problem(record, folder, free)]
     return [p for p in found if p]
 
 
@@ -354,7 +409,9 @@ def table1_disk_problem(records: list[dict], out: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cards", type=float, nargs="+", default=[24, 40, 80], help="card sizes in GiB")
+    parser.add_argument(
+        "--cards", type=float, nargs="+", default=list(CARDS.values()), help="card sizes in GiB as torch reports them"
+    )
     parser.add_argument("--model", default="sdxl", help="conf/model/<name>.yaml (default: sdxl)")
     parser.add_argument("--resolution", type=int, default=None, help="default: the model's (SDXL: 1024)")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")

@@ -2,11 +2,15 @@
 
 The base model is built from its configs on the meta device in the run's weights dtype (`build_models`), the
 method is attached through the registry exactly as a run attaches it, and the UNet's tensors become fake CPU
-tensors (`para.core.fake_memory`). Then the trainer's own loss (`Trainer._loss`: autocast, the SDXL
-conditioning, gradient checkpointing as the run enables it), a backward pass, gradient clipping and a step of
-the run's optimizer run under `LiveBytes`, and so do one sampling forward (classifier-free guidance doubles the
-batch) and the VAE's encode and decode. Nothing is guessed except what a CPU cannot run: bitsandbytes' 8-bit
-AdamW, whose state is computed from its layout (below).
+tensors (`para.core.fake_memory`). For a card, autocast follows CUDA's rules, not the CPU's
+(`para.core.cuda_autocast`: GroupNorm, LayerNorm, the upsampling in fp32, each consumer of their output casting
+its own bf16 copy); fake CUDA tensors would need a GPU for their backward. Then the trainer's own loss
+(`Trainer._loss`: autocast, the SDXL conditioning, gradient checkpointing as the run enables it), a backward
+pass, gradient clipping and a step of the run's optimizer run under `LiveBytes`, and so do the VAE's encode,
+the method's sampling form (`end_training`, `prepare_for_sampling`: merged PaRa keeps W0 beside the merged
+weights), one sampling forward (classifier-free guidance doubles the batch, no autocast: `generate` runs the
+UNet in its weights dtype) and the VAE's decode. Nothing is guessed except what a CPU cannot run:
+bitsandbytes' 8-bit AdamW, whose state is computed from its layout (below).
 
 Counts are cached in memory and, per architecture and settings, as JSON files (`plan.cache_dir`), so the
 check before every run costs seconds once per setting; SDXL's common settings ship with the package
@@ -30,6 +34,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
 from para.core.conditioning import Conditioning
+from para.core.cuda_autocast import clear_cache, cuda_rules
 from para.core.fake_memory import LiveBytes, make_fake, module_bytes, storage_bytes
 from para.core.io import atomic_write_json
 from para.core.sdxl_architecture import build_models, scheduler_config, vae_scale_factor
@@ -51,6 +56,7 @@ class Setting:
     it: one backward pass gives the gradients every optimizer's state is counted from."""
 
     architecture: str  # sdxl (shipped configs) | random-tiny | random-small | a diffusers folder
+    device: str  # cuda | cpu: whose autocast rules the count follows
     method: str
     method_cfg: str  # JSON of the method's config
     weights_dtype: str  # float32 | bfloat16 | float16
@@ -61,6 +67,7 @@ class Setting:
     prior: bool
     sample_resolution: int
     sample_batch_size: int
+    sample_merge: bool  # sample.merge: a merging method samples with its merged weights (and keeps W0)
 
     def key(self, part: str) -> str:
         """Cache key of the `train` or `sample` counts: only the fields that part depends on, and the code."""
@@ -78,7 +85,7 @@ class Setting:
 
 
 TRAIN_ONLY = ("batch_size", "gradient_checkpointing", "prior")
-SAMPLE_ONLY = ("sample_resolution", "sample_batch_size")
+SAMPLE_ONLY = ("sample_resolution", "sample_batch_size", "sample_merge")
 
 
 @dataclass
@@ -104,8 +111,12 @@ class TrainCounts:
 @dataclass
 class SampleCounts:
     encode_peak: int  # encoding one photo with the VAE (latents are cached before training)
-    sample_peak: int  # one sampling forward of the UNet (2 × sample batch: classifier-free guidance)
-    decode_peak: int  # decoding the sample batch with the VAE
+    # the rest is above the weights after `end_training` (`resident_change` from the training weights: DreamBooth's
+    # fp32 master cast down to the weights dtype, < 0)
+    resident_change: int
+    sampling_form: int  # what the sampling form adds to the weights (merged PaRa: the merged weights beside W0)
+    sample_peak: int  # the sampling form (merging) + one sampling forward (2 × sample batch: guidance)
+    decode_peak: int  # decoding the sample batch with the VAE, in the sampling form
 
 
 @lru_cache(maxsize=1)
@@ -114,7 +125,8 @@ def _code_version() -> str:
     root = Path(__file__).resolve().parents[2]
     files = sorted([*root.glob("para/*.py"), *root.glob("baselines/*.py"), root / "para/core/trainer.py"])
     digest = hashlib.sha1(library_versions().encode())
-    for path in [*files, Path(__file__), root / "para/core/fake_memory.py"]:
+    own = ("para/core/fake_memory.py", "para/core/cuda_autocast.py", "para/run/plan_eval.py")
+    for path in [*files, Path(__file__), *(root / name for name in own)]:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -188,7 +200,7 @@ def _count_training(setting: Setting, cfg, device: str, train_mode: bool) -> Tra
     del state, loaded
     resident = sum(module_bytes(model) for model in models.values())
     mode, params, live = _faked(models, params)
-    with mode, live:
+    with _rules(setting), mode, live:
         step = _train_step(setting, _run_config(setting, cfg), models, method, params, live, train_mode)
     return TrainCounts(
         resident=resident,
@@ -201,38 +213,67 @@ def _count_training(setting: Setting, cfg, device: str, train_mode: bool) -> Tra
 
 
 def count_sampling(setting: Setting, device: str = "meta") -> SampleCounts:
-    """Count encoding a photo, one sampling forward and decoding the samples for one setting."""
-    models, _, params = _attached(setting, device)
-    mode, _, live = _faked(models, params)
-    with mode, live:
-        encode, decode = _vae_peaks(setting, models["vae"], live)
-        sample = _sample_peak(setting, models["unet"].eval(), live, vae_scale_factor(models["vae"]))
-    return SampleCounts(encode_peak=encode, sample_peak=sample, decode_peak=decode)
+    """Count encoding a photo, the method's sampling form, one sampling forward and decoding the samples."""
+    models, method, _ = _attached(setting, device)
+    unet, vae = models["unet"], models["vae"]
+    trained = sum(module_bytes(model) for model in models.values())
+    method.end_training(unet)  # before faking: fake parameters cannot be cast (nn.Module.to swaps them)
+    resident_change = sum(module_bytes(model) for model in models.values()) - trained
+    mode, _, live = _faked(models, [])
+    with _rules(setting), mode, live, torch.no_grad():
+        encode = _vae_encode_peak(setting, vae, live)
+        base = live.live
+        live.restart_peak()
+        method.prepare_for_sampling(unet.eval(), merge=setting.sample_merge)  # merging: W0 stays beside W
+        form = live.live - base
+        _sample_forward(setting, unet, vae_scale_factor(vae))
+        sample = live.peak - base
+        live.restart_peak()
+        _vae_decode(setting, vae)
+        decode = live.peak - base + _vae_dtype(vae)[1]
+    return SampleCounts(encode, resident_change, form, sample, decode)
 
 
 def _conditioning(unet: nn.Module, dtype: torch.dtype, batch: int = 1) -> Conditioning:
-    c = unet.config
+    """The text encoders' output, on the UNet's device (where `encode_prompt` leaves it)."""
+    c, device = unet.config, unet.device
     pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
     return Conditioning(
-        torch.randn(batch, TOKENS, c.cross_attention_dim, dtype=dtype),
-        torch.randn(batch, pooled, dtype=dtype),
-        torch.randn(batch, 6, dtype=dtype),
+        torch.randn(batch, TOKENS, c.cross_attention_dim, dtype=dtype, device=device),
+        torch.randn(batch, pooled, dtype=dtype, device=device),
+        torch.randn(batch, 6, dtype=dtype, device=device),
     )
+
+
+def _rules(setting: Setting):
+    """CUDA's autocast rules for a card's count (`para.core.cuda_autocast`); the CPU's own for a CPU's."""
+    return cuda_rules() if setting.device == "cuda" else nullcontext()
+
+
+class CountingTrainer(Trainer):
+    """The trainer, whose autocast region (in `_loss`) ends with CUDA's cast cache cleared, as CUDA's does."""
+
+    def _loss(self, *args, **kwargs) -> torch.Tensor:
+        try:
+            return super()._loss(*args, **kwargs)
+        finally:
+            clear_cache()
 
 
 def _train_step(setting: Setting, cfg, models, method, params, live: LiveBytes, train_mode: bool) -> dict[str, int]:
     unet = models["unet"]
     scheduler = types.SimpleNamespace(config=scheduler_config(setting.architecture))
-    trainer = Trainer(types.SimpleNamespace(unet=unet, scheduler=scheduler), method, params, cfg)
+    trainer = CountingTrainer(types.SimpleNamespace(unet=unet, scheduler=scheduler), method, params, cfg)
     unet.train(train_mode)
-    side, channels = setting.resolution // vae_scale_factor(models["vae"]), unet.config.in_channels
+    side = setting.resolution // vae_scale_factor(models["vae"])
+    shape = (setting.batch_size, unet.config.in_channels, side, side)
     cond = _conditioning(unet, DTYPES[setting.weights_dtype])  # the text encoders' output
     generator = torch.Generator().manual_seed(0)
     base = live.live
     live.restart_peak()
-    loss = trainer._loss(torch.randn(setting.batch_size, channels, side, side), cond, generator)
+    loss = trainer._loss(torch.randn(shape, device=unet.device), cond, generator)
     if setting.prior:  # prior preservation: a second graph, alive until backward
-        loss = loss + trainer._loss(torch.randn(setting.batch_size, channels, side, side), cond, generator)
+        loss = loss + trainer._loss(torch.randn(shape, device=unet.device), cond, generator)
     activations = live.live - base
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -270,45 +311,39 @@ def _optimizer_step(name: str, params: list[nn.Parameter], cfg, live: LiveBytes,
     return state, live.peak - base
 
 
-def _peak_of(live: LiveBytes, fn) -> int:
-    base = live.live
-    live.restart_peak()
-    with torch.no_grad():
-        fn()
-    return live.peak - base
-
-
-def _autocast(setting: Setting):
-    dtype = DTYPES[setting.autocast] if setting.autocast else None
-    return torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
-
-
-def _sample_peak(setting: Setting, unet: nn.Module, live: LiveBytes, scale_factor: int) -> int:
-    batch = 2 * setting.sample_batch_size  # classifier-free guidance: unconditional + conditional
+def _sample_forward(setting: Setting, unet: nn.Module, scale_factor: int) -> None:
+    """One guided sampling step's UNet forward (unconditional + conditional), as `generate` runs it: no autocast."""
+    batch = 2 * setting.sample_batch_size
     side = setting.sample_resolution // scale_factor
     cond = _conditioning(unet, unet.dtype, batch)
-
-    def forward():
-        with _autocast(setting):
-            latents = torch.randn(batch, unet.config.in_channels, side, side, dtype=unet.dtype)
-            added = {"text_embeds": cond.pooled, "time_ids": cond.time_ids}
-            unet(latents, torch.zeros(batch), encoder_hidden_states=cond.prompt_embeds, added_cond_kwargs=added)
-
-    return _peak_of(live, forward)
+    latents = torch.randn(batch, unet.config.in_channels, side, side, dtype=unet.dtype, device=unet.device)
+    added = {"text_embeds": cond.pooled, "time_ids": cond.time_ids}
+    timesteps = torch.zeros(batch, device=unet.device)
+    unet(latents, timesteps, encoder_hidden_states=cond.prompt_embeds, added_cond_kwargs=added)
 
 
-def _vae_peaks(setting: Setting, vae: nn.Module, live: LiveBytes) -> tuple[int, int]:
-    """Encoding one photo and decoding the sample batch; an fp16 VAE with `force_upcast` runs in fp32
-    (SDXL's VAE overflows in fp16), counted as the upcast copy of its weights plus fp32 activations."""
+def _vae_dtype(vae: nn.Module) -> tuple[torch.dtype, int]:
+    """(the dtype the VAE computes in, the bytes of an upcast copy of its weights): an fp16 VAE with `force_upcast`
+    runs in fp32 (SDXL's VAE overflows in fp16), counted as the upcast copy plus fp32 activations."""
     upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    dtype = torch.float32 if upcast else vae.dtype
-    extra = 2 * module_bytes(vae) if upcast else 0
-    res = setting.resolution
-    encode = _peak_of(live, lambda: vae.encode(torch.randn(1, 3, res, res, dtype=vae.dtype).to(dtype)))
-    sample_side = setting.sample_resolution // vae_scale_factor(vae)
-    latents = torch.randn(setting.sample_batch_size, vae.config.latent_channels, sample_side, sample_side)
-    decode = _peak_of(live, lambda: vae.decode(latents.to(vae.dtype).to(dtype)))
-    return encode + extra, decode + extra
+    return (torch.float32, 2 * module_bytes(vae)) if upcast else (vae.dtype, 0)
+
+
+def _vae_encode_peak(setting: Setting, vae: nn.Module, live: LiveBytes) -> int:
+    """Encoding one photo, its upcast copy of the VAE included (see `_vae_dtype`)."""
+    dtype, upcast = _vae_dtype(vae)
+    res, device = setting.resolution, vae.device
+    base = live.live
+    live.restart_peak()
+    vae.encode(torch.randn(1, 3, res, res, dtype=vae.dtype, device=device).to(dtype))
+    return live.peak - base + upcast
+
+
+def _vae_decode(setting: Setting, vae: nn.Module) -> None:
+    dtype, _ = _vae_dtype(vae)
+    side = setting.sample_resolution // vae_scale_factor(vae)
+    latents = torch.randn(setting.sample_batch_size, vae.config.latent_channels, side, side, device=vae.device)
+    vae.decode(latents.to(vae.dtype).to(dtype))
 
 
 _MEMORY: dict[str, object] = {}

@@ -6,30 +6,46 @@ from __future__ import annotations
 
 from para.run.config import CONF_DIR
 
+# Cards as `torch.cuda.get_device_properties(...).total_memory` reports them, in GiB: a "40 GB" A100 has 39.6, an
+# 80 GB A100 or H100 79.2; the 24 GB consumer cards (RTX 3090, 4090) about 23.6 (a reading; L4 and A10G: ~22).
+CARDS = {"24 GB": 23.6, "A100 40GB": 39.6, "80 GB": 79.2}
 
-def _gb(value: float) -> str:
-    return f"{value:.1f}"
+
+def card_label(gib: float) -> str:
+    """A card size's column name: `CARDS`' name with its GiB, or the size itself."""
+    name = next((name for name, size in CARDS.items() if size == gib), None)
+    return f"{name} ({gib:g} GiB)" if name else f"{gib:g} GiB"
+
+
+def _gb(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
 
 
 def markdown(records: list[dict], cards: list[float], model: str, resolution: int) -> str:
-    card_cols = " | ".join(f"{c:g} GB" for c in cards)
+    card_cols = " | ".join(card_label(c) for c in cards)
     name = "SDXL 1.0" if model == "sdxl" else f"`{model}` (random weights)"
     lines = [
         f"# Resource plan: {name} at {resolution} px, Table 1 settings, one CUDA card (counted, not measured)",
         "",
         f"| method | options | weights | trainable | gradients | optimizer | activations | train peak | sample peak "
-        f"| total | {card_cols} | checkpoint × kept | disk / cell |",
-        "|---|---|" + "---:|" * (9 + len(cards)) + "---:|",
+        f"| eval peak | total | {card_cols} | host RAM | checkpoint × kept | disk / cell |",
+        "|---|---|" + "---:|" * (11 + len(cards)) + "---:|",
     ]
     for r in (r for r in records if "table" not in r):
         lines.append(_line(r, cards))
-    lines += ["", "GiB throughout; total = the largest phase peak + the reserve for the CUDA context.", ""]
+    lines += [
+        "",
+        "GiB throughout; total = the largest phase peak + the reserve for the CUDA context; host RAM = what the run "
+        "needs on the host beside the card (loading; a checkpoint copied out to be written).",
+        "",
+    ]
     misfits = [(r, card, opts) for r in records for card, opts in (r.get("fits_with") or {}).items()]
     if misfits:
         lines += ["## Runs that do not fit, and what would", ""]
         for r, card, opts in misfits:
             lines.append(
-                f"- `{r['method']}` on {card} GB: {'; '.join(f'`{o}`' for o in opts) or 'nothing tried fits'}"
+                f"- `{r['method']}` on {card_label(float(card))}: "
+                + ("; ".join(f"`{o}`" for o in opts) or "nothing tried fits")
             )
         lines.append("")
     lines += dreambooth_table(records, cards)
@@ -42,7 +58,8 @@ def _line(r: dict, cards: list[float]) -> str:
     return (
         f"| `{r['method']}` | {r['options']} | {_gb(r['weights_gb'])} | {r['trainable_params'] / 1e6:,.1f} M "
         f"| {_gb(r['gradients_gb'])} | {_gb(r['optimizer_gb'])} | {_gb(r['activations_gb'])} "
-        f"| {_gb(r['train_peak_gb'])} | {_gb(r['sample_peak_gb'])} | **{_gb(r['total_gb'])}** | {fits} "
+        f"| {_gb(r['train_peak_gb'])} | {_gb(r['sample_peak_gb'])} | {_gb(r.get('eval_peak_gb'))} "
+        f"| **{_gb(r['total_gb'])}** | {fits} | {_gb(r.get('host_gb'))} "
         f"| {r['checkpoint_gb']:.2f} × {r['checkpoints_kept']} | {_gb(r['disk_peak_gb'])} |"
     )
 
@@ -52,18 +69,18 @@ def dreambooth_table(records: list[dict], cards: list[float]) -> list[str]:
     rows_ = [r for r in records if r.get("table") == "dreambooth"]
     if not rows_:
         return []
-    card_cols = " | ".join(f"{c:g} GB" for c in cards)
+    card_cols = " | ".join(card_label(c) for c in cards)
     lines = [
         "## DreamBooth memory",
         "",
-        f"| options | gradients | optimizer | activations | train peak | total | {card_cols} |",
-        "|---|" + "---:|" * (5 + len(cards)),
+        f"| options | gradients | optimizer | activations | train peak | total | {card_cols} | host RAM |",
+        "|---|" + "---:|" * (6 + len(cards)),
     ]
     for r in rows_:
         fits = " | ".join("fits" if r[f"fits_{c:g}"] else "–" for c in cards)
         lines.append(
             f"| {r['options']} | {_gb(r['gradients_gb'])} | {_gb(r['optimizer_gb'])} | {_gb(r['activations_gb'])} "
-            f"| {_gb(r['train_peak_gb'])} | {_gb(r['total_gb'])} | {fits} |"
+            f"| {_gb(r['train_peak_gb'])} | {_gb(r['total_gb'])} | {fits} | {_gb(r.get('host_gb'))} |"
         )
     return [*lines, ""]
 

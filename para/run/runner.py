@@ -77,13 +77,19 @@ def sample_prompts(cfg: DictConfig) -> list[PromptSpec]:
 
 
 class Run:
-    """State of one run while it executes; `execute()` is the whole pipeline."""
+    """State of one run while it executes; `execute()` is the whole pipeline.
 
-    def __init__(self, cfg: DictConfig):
+    `base`: a loaded base model shared with other runs of the same process (para.run.worker.SharedBase: its
+    `pipeline(model_cfg, device)`, `before_attach(pipe, method)` and `after_run(pipe, method, ok)`); None: the run
+    loads its own."""
+
+    def __init__(self, cfg: DictConfig, base: Any = None):
         self.cfg = cfg
         self.run_dir = run_dir_of(cfg)
         self.resolution = cfg.model.resolution
         self.metrics: dict[str, Any] = {}
+        self.base = base
+        self.method: Method | None = None
 
     def write_metrics(self, **updates: Any) -> None:
         self.metrics.update(updates)
@@ -105,13 +111,22 @@ class Run:
                     return self._score_only(chosen)
                 device = resolve_device(cfg.device)
                 torch.manual_seed(cfg.seed)
-                pipe = load_pipeline(cfg.model, device)
-                photos = load_subject_photos(
-                    cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side, cfg.data.images
-                )
-                began = True
-                previous = folder.start(self.run_dir, chosen)
-                return self._begin(previous, device, pipe, photos, found.get("resources"))
+                pipe = self.base.pipeline(cfg.model, device) if self.base else load_pipeline(cfg.model, device)
+                # what follows draws from the run's seed alone, whatever loading drew (or did not: a shared base)
+                torch.manual_seed(cfg.seed)
+                ok = False
+                try:
+                    photos = load_subject_photos(
+                        cfg.data.root, cfg.subject.name, self.resolution, cfg.data.min_image_side, cfg.data.images
+                    )
+                    began = True
+                    previous = folder.start(self.run_dir, chosen)
+                    result = self._begin(previous, device, pipe, photos, found.get("resources"))
+                    ok = True
+                    return result
+                finally:
+                    if self.base:
+                        self.base.after_run(pipe, self.method, ok)
             finally:
                 lock.release(remove_created=not began)
 
@@ -179,6 +194,9 @@ class Run:
         cfg = self.cfg
         method: Method = METHODS[cfg.method.name](cfg.method, model_id(cfg.model))
         prior = self._prior(pipe) if cfg.train.prior_loss_weight > 0 else None
+        if self.base:
+            self.base.before_attach(pipe, method)
+        self.method = method
         params = method.attach(pipe.unet)
         text_params = method.attach_text_encoders(pipe)
         params += text_params
@@ -328,5 +346,5 @@ def _train_info(result: TrainResult, method: Method) -> dict:
     }
 
 
-def execute(cfg: DictConfig) -> dict:
-    return Run(cfg).execute()
+def execute(cfg: DictConfig, base: Any = None) -> dict:
+    return Run(cfg, base).execute()
