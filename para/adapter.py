@@ -48,6 +48,7 @@ class PaRa(LayerwiseMethod):
     def __init__(self, cfg: Any, base_model: str):
         super().__init__(cfg, base_model)
         self.ranks: dict[str, int] = {}  # effective rank per layer, recorded in the adapter metadata
+        self.widths: dict[str, int] = {}  # outputs per layer
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
@@ -66,9 +67,32 @@ class PaRa(LayerwiseMethod):
             raise ValueError(
                 f"method.rank={rank} is out of range for layer {name} with {width} outputs; need rank < {width}"
             )
-        self.ranks[name] = rank
+        self.ranks[name], self.widths[name] = rank, width
         b = initial_b(module, rank, self.cfg.init, self.cfg.init_std, torch.default_generator)
         return self.layer_type(module, b)
+
+    def attach(self, unet: nn.Module) -> list[nn.Parameter]:
+        params = super().attach(unet)
+        widest = max(self.widths.values(), default=0)
+        if self.cfg.gamma is not None and self.cfg.rank >= widest > 0:  # γ silently capped method.rank=100000
+            raise ValueError(
+                f"method.rank={self.cfg.rank} is wider than every adapted layer (the widest has {widest} outputs); "
+                f"γ={self.cfg.gamma} caps each layer at ⌊d_out·γ⌋, here {self._capped()}. Ask for at most "
+                f"method.rank={max(self.ranks.values())}, or method.gamma=null with a rank below each layer's width"
+            )
+        return params
+
+    def _capped(self) -> str:
+        low, high = min(self.ranks.values()), max(self.ranks.values())
+        return f"rank {low}" if low == high else f"ranks {low}..{high}"
+
+    def attach_notes(self) -> list[str]:
+        if self.cfg.gamma is None or not self.ranks or self.cfg.rank <= max(self.ranks.values()):
+            return []
+        return [
+            f"method.rank={self.cfg.rank} is above γ's cap on every layer: PaRa trains {self._capped()} "
+            f"(⌊d_out·γ⌋, γ={self.cfg.gamma}); method.gamma=null applies the rank as asked"
+        ]
 
     def summary(self) -> dict[str, Any]:
         return {"layers": len(self.ranks), "ranks": self.ranks}

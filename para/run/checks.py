@@ -68,11 +68,15 @@ def method_on_model(cell: Cell) -> Iterable[str]:
     key = (OmegaConf.to_yaml(cfg.model, resolve=True), OmegaConf.to_yaml(cfg.method, resolve=True))
     if key not in _ATTACHED:  # the same method on the same model, in many cells of a table: once
         unet = build_unet_meta(cfg.model)
+        method = METHODS[cfg.method.name](cfg.method, model_id(cfg.model))
         with torch.random.fork_rng(devices=[]):  # random initial values must not shift the run's own draws
             try:
-                _ATTACHED[key] = METHODS[cfg.method.name](cfg.method, model_id(cfg.model)).attach(unet)
+                _ATTACHED[key] = method.attach(unet)
             except ValueError as err:
                 _ATTACHED[key] = f"method {cfg.method.name} on the {cfg.model.name} UNet: {err}"
+            else:
+                for note in method.attach_notes():
+                    log.warning("method %s on the %s UNet: %s", cfg.method.name, cfg.model.name, note)
     if isinstance(_ATTACHED[key], str):
         return [_ATTACHED[key]]
     cell.shared["trainable"] = _ATTACHED[key]  # meta tensors: shapes and dtypes, no memory
