@@ -18,9 +18,11 @@ from omegaconf import DictConfig
 
 from para.core.data import DataError
 from para.core.interrupts import RunInterrupted
+from para.core.io import DiskFull
 from para.core.lock import FolderBusy
 from para.core.method import AdapterFileError
 from para.core.models import ModelLoadError
+from para.core.trainer import TrainingError
 from para.run.config import register_configs
 from para.tracking.sweep import cell_failed
 
@@ -29,8 +31,8 @@ log = logging.getLogger("run")
 STARTED_AT = time.time()
 
 # Errors that are the user's to fix: print the message alone, no traceback. (PreflightError and FolderRefused,
-# para.run's refusals, are ValueErrors.)
-USER_ERRORS = (ModelLoadError, DataError, AdapterFileError, FolderBusy, ValueError)
+# para.run's refusals, are ValueErrors; TrainingError says which setting to change; DiskFull what to free.)
+USER_ERRORS = (ModelLoadError, DataError, AdapterFileError, FolderBusy, TrainingError, DiskFull, ValueError)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -51,7 +53,7 @@ def main(cfg: DictConfig) -> dict:
             raise
         log.error("%s", err)
         sys.exit(2)
-    log.info("run folder: %s (status %s)", metrics.get("run_dir"), metrics.get("status"))
+    log.info("run folder: %s (status %s)", _output_dir(), metrics.get("status"))
     _print_scores(metrics)
     return metrics
 
@@ -80,16 +82,20 @@ def _is_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _remove_empty_run_dir() -> None:
-    """Hydra creates the output folder before the job starts; a run that never began removes the folders made
-    for it, never one the user made (para.run.folder.remove_created)."""
+def _output_dir():
     from pathlib import Path
 
     from hydra.core.hydra_config import HydraConfig
 
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _remove_empty_run_dir() -> None:
+    """Hydra creates the output folder before the job starts; a run that never began removes the folders made
+    for it, never one the user made (para.run.folder.remove_created)."""
     from para.run.folder import remove_created
 
-    remove_created(Path(HydraConfig.get().runtime.output_dir), _is_multirun(), STARTED_AT)
+    remove_created(_output_dir(), _is_multirun(), STARTED_AT)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,16 @@ def read_adapter_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, st
     return tensors, metadata
 
 
+def safetensors_problem(path: str | Path) -> str | None:
+    """Why `path` is not a whole safetensors file (its header is read, not its tensors), or None."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as err:
+        return f"not a whole safetensors file: {err}"
+    return None
+
+
 def check_adapter_metadata(path: str | Path, metadata: dict[str, str], method: str, base_model: str) -> None:
     """Refuse an adapter made for another method or another base model, naming both."""
     found_method = metadata.get("method")

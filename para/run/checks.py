@@ -75,8 +75,10 @@ def method_on_model(cell: Cell) -> Iterable[str]:
             except ValueError as err:
                 _ATTACHED[key] = f"method {cfg.method.name} on the {cfg.model.name} UNet: {err}"
             else:
+                # loud for real models; the random test models' layers are 64-128 wide, capping any rank > 3
+                level = logging.WARNING if cfg.model.kind == "pretrained" else logging.INFO
                 for note in method.attach_notes():
-                    log.warning("method %s on the %s UNet: %s", cfg.method.name, cfg.model.name, note)
+                    log.log(level, "method %s on the %s UNet: %s", cfg.method.name, cfg.model.name, note)
     if isinstance(_ATTACHED[key], str):
         return [_ATTACHED[key]]
     cell.shared["trainable"] = _ATTACHED[key]  # meta tensors: shapes and dtypes, no memory

@@ -9,6 +9,7 @@ type (`steps=abc`) fails at composition time with Hydra's message, and out-of-ra
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,16 @@ def compose_config(*overrides: str) -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def compose_error_message(err: Exception) -> str:
+    """Hydra's composition error for a person: without the search path, and without its hint to add a misspelt
+    key with `+` (the harness refuses keys it does not read)."""
+    text = str(err).split("\nConfig search path")[0].strip()
+    hint = re.search(r"Could not override '([^']+)'\.\s*To append to your config use \+\S+", text)
+    if hint:
+        text = text.replace(hint.group(0), f"{hint.group(1)} is not a setting of the harness; check its spelling")
+    return text
 
 
 def compile_backends() -> list[str]:
