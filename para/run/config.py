@@ -317,7 +317,24 @@ def config_problems(cfg: DictConfig) -> list[str]:
             METHODS[cfg.method.name].validate_config(cfg.method)
         except ValueError as err:
             problems.append(str(err))
+    if not cfg.data.token.strip() or cfg.data.token != cfg.data.token.strip():
+        problems.append(
+            f"data.token={cfg.data.token!r}: the identifier the adapter learns the subject by must be one non-empty "
+            "word without surrounding spaces, e.g. data.token=sks"
+        )
+    problems += template_problems("data.prompt_template", cfg.data.prompt_template, ("token", "class_word"))
+    problems += template_problems("train.class_prompt_template", cfg.train.class_prompt_template, ("class_word",))
     return problems
+
+
+def template_problems(key: str, template: str, fields: tuple[str, ...]) -> list[str]:
+    """A prompt template must format with exactly these fields (a `{nope}` failed after the model had loaded)."""
+    try:
+        template.format(**{f: f for f in fields})
+    except (KeyError, IndexError, ValueError) as err:
+        allowed = ", ".join(f"{{{f}}}" for f in fields)
+        return [f"{key}={template!r} does not format ({type(err).__name__}: {err}); it may use {allowed} only"]
+    return []
 
 
 def validate(cfg: DictConfig) -> None:

@@ -284,7 +284,7 @@ def table1_config(method: str, model: str, resolution: int | None, overrides=(),
     cfg = compose_config(
         "+experiment=table1", f"method={method}", f"model={model}", "run_dir=unused", *size, *overrides
     )
-    return with_changes(cfg, list(changes))
+    return with_changes(cfg, list(changes)) if changes else cfg  # as composed: typed, so unknown keys show
 
 
 def _options(cfg) -> str:
@@ -332,7 +332,10 @@ def input_problems(
     unknown = [m for m in methods or [] if m not in METHODS]
     if unknown:
         found.append(f"--methods {' '.join(unknown)}: no such method; choose from {', '.join(sorted(METHODS))}")
-    for name in [m for m in methods or METHODS if m in METHODS]:
+    # settings outside `method.` are the same for every method: one composition checks them
+    per_method = any(o.lstrip("+~").startswith("method.") for o in overrides)
+    names = [m for m in methods or (METHODS if per_method else ["para"]) if m in METHODS]
+    for name in names:
         try:
             problems = config_problems(table1_config(name, model, resolution, overrides))
         except (HydraException, OmegaConfBaseException) as err:
