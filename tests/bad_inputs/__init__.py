@@ -3,7 +3,9 @@
 A case is one command as a user types it — `python run.py …`, `python -m para.export …`, `python -m eval …`,
 `python -m para.run.plan …`, `python -m para.run.preflight …` — with what it must answer: the exit code, words
 that name the problem and words that name a way out (never a traceback), and what may change on disk (by default
-nothing). `{tmp}` in an argument is the case's own folder, `{data}` the DreamBooth photos, `{root}` the checkout.
+nothing). `run` cases about composition or Hydra's own folder go through `run.py`'s Hydra main, the others
+through the same `run()` on Hydra's compose API (`hydra.run.dir=` becomes `run_dir=`). `{tmp}` in an argument is
+the case's own folder, `{data}` the DreamBooth photos, `{root}` the checkout.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class Case:
     writes: tuple[str, ...] = ()  # globs under {tmp} the command may create or change; nothing else may change
     absent: tuple[str, ...] = ()  # must not be in the output
     check: Callable[[Path, str], None] | None = None  # more about the disk and the output afterwards
+    # `run` cases go through run.py's `run` on the config Hydra's compose API makes (half the cost of Hydra's
+    # main, which composes twice); those about what Hydra's main itself does (composition errors: exit 1; the
+    # folder it makes) go through `python run.py`'s main
+    hydra_main: bool = False
 
 
 def case(id: str, tool: str, args: str, code: int, says, way, problem: str, **more) -> Case:

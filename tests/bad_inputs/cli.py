@@ -7,6 +7,8 @@ from bad_inputs.setups import all_of, dog_photos, file_at, folder_at, link_at
 
 SCHEMA_NAMES = ("lora_schema", "subject_schema", "model_schema")  # internal names never offered as choices
 
+# one case, a few lines: the table reads as a table
+# fmt: off
 CASES = [
     # --- composition (Hydra: exit 1) -------------------------------------------------------------------------
     case("run-unknown-method", "run", "method=nope", 1, "Could not find 'method/nope'", ("para_authors", "svdiff"),
@@ -113,9 +115,9 @@ CASES = [
     # --- the run folder -------------------------------------------------------------------------------------
     case("folder-run-dir-is-file", "run", "hydra.run.dir={tmp}/notes.txt", 2, "notes.txt is a file, not a folder",
          "hydra.run.dir=", "`hydra.run.dir` naming an existing file (was a FileExistsError traceback)",
-         setup=file_at("notes.txt", "mine")),
+         setup=file_at("notes.txt", "mine"), hydra_main=True),
     case("folder-run-dir-under-file", "run", "hydra.run.dir={tmp}/notes.txt/run", 2, "notes.txt is a file",
-         "hydra.run.dir=", "`hydra.run.dir` below a file", setup=file_at("notes.txt", "mine")),
+         "hydra.run.dir=", "`hydra.run.dir` below a file", setup=file_at("notes.txt", "mine"), hydra_main=True),
     case("folder-lock-is-folder", "run", "", 2, ".para-lock (a folder)", "Move them away",
          "a `.para-lock` that is a folder (was an IsADirectoryError traceback)", setup=folder_at("run/.para-lock")),
     case("folder-metrics-is-folder", "run", "overwrite=true", 2, "metrics.json (a folder)", "hydra.run.dir=",
@@ -126,3 +128,4 @@ CASES = [
     case("folder-user-readme-only", "run", "", 2, "is not empty and is not a run folder", "hydra.run.dir=",
          "a new run folder that already holds the user's README.md", setup=file_at("run/README.md", "# mine")),
 ]
+# fmt: on

@@ -22,6 +22,8 @@ def _readme_kept(tmp: Path, out: str) -> None:
 
 
 RUN = "hydra.run.dir={tmp}/para"
+# one case, a few lines: the table reads as a table
+# fmt: off
 CASES = [
     case("folder-truncated-adapter", "run", RUN, 2, "adapter.safetensors cannot be read", "overwrite=true",
          "a finished run whose adapter.safetensors is truncated (was `kept as is`, and its samples re-scored)",
@@ -36,7 +38,7 @@ CASES = [
          check=_readme_kept),
     case("folder-moved", "run", RUN, 0, "holds a finished run with these settings", "run folder: {tmp}/para",
          "a finished run folder moved or copied elsewhere, run again (printed the old folder's path)",
-         uses=("para",), absent=("/trained0/",)),
+         uses=("para",), absent=("/trained0/",), hydra_main=True),
     case("folder-config-not-yaml", "run", RUN, 0, "holds a finished run with these settings; kept as is",
          "overwrite=true", "a finished run whose config.yaml is not YAML: its metrics.json's settings are compared",
          uses=("para",), setup=file_at("para/config.yaml", "{{: [")),
@@ -52,3 +54,4 @@ CASES = [
          "a folder named .para-run", uses=("para",),
          setup=all_of(removed("para/.para-run"), folder_at("para/.para-run"))),
 ]
+# fmt: on

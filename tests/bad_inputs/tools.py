@@ -46,6 +46,8 @@ def merged_equals_the_run(name: str):
 
 EXPORT_EQUALS = {name: merged_equals_the_run(name) for name in ("dreambooth", "loha", "svdiff")}
 
+# one case, a few lines: the table reads as a table
+# fmt: off
 CASES = [
     # --- python -m para.export ------------------------------------------------------------------------------
     case("export-device-cuda", "export", "{tmp}/para --out {tmp}/para.safetensors --device cuda", 2,
@@ -166,6 +168,7 @@ CASES = [
          "method.gamma=null",
          "a PaRa rank that γ caps on every SDXL layer: said, loudly"),
 ]
+# fmt: on
 
 # The run folder every `export` / `eval` case with uses=("para",) reads is a finished tiny PaRa run; dreambooth,
 # loha and svdiff are trained without samples (tests/test_bad_inputs.py: TRAINED).
