@@ -1,4 +1,7 @@
-"""`python -m para.export`, `python -m eval`, `python -m para.run.plan`, `python -m para.run.preflight`."""
+"""`python -m para.export`, `python -m eval`, `python -m para.run.plan`, `python -m para.run.preflight`.
+
+`{tmp}/para` is a copy of a finished tiny PaRa run; `{tmp}/dreambooth`, `loha`, `svdiff` are adapter folders of those
+methods (tests/test_bad_inputs.py: `trained`)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 import torch
 
 from bad_inputs import case
-from bad_inputs.setups import all_of, file_at, folder_at, json_at, removed, truncated
+from bad_inputs.setups import all_of, file_at, folder_at, removed, truncated
 
 MERGED = ("config.json", "diffusion_pytorch_model.safetensors")
 
@@ -169,7 +172,3 @@ CASES = [
          "a PaRa rank that γ caps on every SDXL layer: said, loudly"),
 ]
 # fmt: on
-
-# The run folder every `export` / `eval` case with uses=("para",) reads is a finished tiny PaRa run; dreambooth,
-# loha and svdiff are trained without samples (tests/test_bad_inputs.py: TRAINED).
-__all__ = ["CASES", "MERGED", "json_at"]
