@@ -25,28 +25,15 @@ from pathlib import Path
 import pytest
 from bad_inputs import Case, case, cli, folders, tools
 from bad_inputs.setups import DATA_ROOT
-from conftest import REPO
+from conftest import FAST, REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 CASES: list[Case] = [*cli.CASES, *folders.CASES, *tools.CASES]
 
-# What every `run` case adds before its own arguments (a case's own value for a key wins): the tiny model at 32 px,
-# 2 steps, one image, no scoring, no resource plan; its run folder is {tmp}/run.
-RUN = [
-    "model=tiny",
-    "model.resolution=32",
-    "logger=none",
-    "steps=2",
-    "sample.num_prompts=1",
-    "sample.images_per_prompt=1",
-    "sample.steps=2",
-    "eval.enabled=false",
-    "eval.backbones=random",
-    "plan.check=false",
-    "data.root={data}",
-    "hydra.run.dir={tmp}/run",
-]
+# What every `run` case adds before its own arguments (a case's own value for a key wins): conftest's FAST tiny run
+# (32 px, 2 steps, one image) without scoring or resource plan; its run folder is {tmp}/run.
+RUN = [*FAST, "eval.enabled=false", "plan.check=false", "hydra.run.dir={tmp}/run"]
 # What the cases copy (`uses`): a finished tiny PaRa run trained with RUN's settings, and adapter folders of the
 # methods without a LoRA form (their config.yaml and an adapter.safetensors whose trained tensors are random, so that
 # every layer's change is far from zero), made once per session.
