@@ -5,7 +5,7 @@ from __future__ import annotations
 from bad_inputs import case
 from bad_inputs.setups import all_of, dog_photos, file_at, folder_at, link_at
 
-SCHEMA_NAMES = ("lora_schema", "subject_schema", "model_schema")  # internal names never offered as choices
+SCHEMA_NAMES = ("lora_schema", "subject_schema", "model_schema", "logger_schema")  # internal names never offered as choices
 
 # one case, a few lines: the table reads as a table
 # fmt: off
@@ -18,7 +18,7 @@ CASES = [
     case("run-unknown-model", "run", "model=sdxl2", 1, "Could not find 'model/sdxl2'", ("sdxl", "small"),
          "an unknown model", absent=SCHEMA_NAMES),
     case("run-unknown-logger", "run", "logger=tensorboard", 1, "Could not find 'logger/tensorboard'", "wandb",
-         "an unknown logger", absent=SCHEMA_NAMES),
+         "an unknown logger (Hydra's list offered `logger_schema`)", absent=SCHEMA_NAMES),
     case("run-schema-method", "run", "method=para_schema", 1, "Could not find 'method/para_schema'", "para_authors",
          "an internal schema name as the method (`method=para_schema` used to run)", absent=SCHEMA_NAMES),
     case("run-schema-subject", "run", "subject=subject_schema", 1, "Could not find 'subject/subject_schema'", "dog",
@@ -27,7 +27,7 @@ CASES = [
     case("run-schema-model", "run", "model=model_schema", 1, "Could not find 'model/model_schema'", "tiny",
          "`model=model_schema`", absent=("lora_schema", "subject_schema")),
     case("run-schema-logger", "run", "logger=logger_schema", 1, "Could not find 'logger/logger_schema'", "wandb",
-         "`logger=logger_schema` (used to run)", absent=SCHEMA_NAMES),
+         "`logger=logger_schema` (used to run)", absent=("lora_schema", "model_schema")),
     case("run-misspelt-sample-key", "run", "sample.stpes=3", 1, "Could not override 'sample.stpes'", "sample.stpes",
          "a misspelt nested key"),
     case("run-wrong-type-guidance", "run", "sample.guidance=high", 1, "sample.guidance=high",
