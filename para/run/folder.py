@@ -63,7 +63,7 @@ OWNED = (
     "samples",
     "validation",
     "wandb",
-    CARD_NAMES[1],  # README.md is ours only when it is our model card (model_card.is_ours)
+    CARD_NAMES[1],  # README.md is ours only when it is our model card (is_our_card)
 )
 
 

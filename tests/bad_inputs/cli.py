@@ -5,7 +5,8 @@ from __future__ import annotations
 from bad_inputs import case
 from bad_inputs.setups import all_of, dog_photos, file_at, folder_at, link_at
 
-SCHEMA_NAMES = ("lora_schema", "subject_schema", "model_schema", "logger_schema")  # internal names never offered as choices
+# internal names never offered as choices
+SCHEMA_NAMES = ("lora_schema", "subject_schema", "model_schema", "logger_schema")
 
 # one case, a few lines: the table reads as a table
 # fmt: off
