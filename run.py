@@ -18,9 +18,11 @@ from omegaconf import DictConfig
 
 from para.core.data import DataError
 from para.core.interrupts import RunInterrupted
+from para.core.io import DiskFull
 from para.core.lock import FolderBusy
 from para.core.method import AdapterFileError
 from para.core.models import ModelLoadError
+from para.core.trainer import TrainingError
 from para.run.config import register_configs
 from para.tracking.sweep import cell_failed
 
@@ -29,29 +31,36 @@ log = logging.getLogger("run")
 STARTED_AT = time.time()
 
 # Errors that are the user's to fix: print the message alone, no traceback. (PreflightError and FolderRefused,
-# para.run's refusals, are ValueErrors.)
-USER_ERRORS = (ModelLoadError, DataError, AdapterFileError, FolderBusy, ValueError)
+# para.run's refusals, are ValueErrors; TrainingError says which setting to change; DiskFull what to free.)
+USER_ERRORS = (ModelLoadError, DataError, AdapterFileError, FolderBusy, TrainingError, DiskFull, ValueError)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
+    return run(cfg)
+
+
+def run(cfg: DictConfig) -> dict:
+    """The run of a composed config, as `python run.py` ends it: a user's error (what is wrong and the way out) with
+    exit status 2 and no traceback, a stop signal with 128 + its number. Outside Hydra's main (a config from
+    para.run.config.compose_config, as tests/test_bad_inputs.py calls it) the run folder is `cfg.run_dir`."""
     from para.run.runner import execute
 
     try:
         metrics = execute(cfg)
     except RunInterrupted as stop:  # SIGTERM (SLURM preemption, time limit, scancel) or Ctrl-C: stop everything
-        _remove_empty_run_dir()
+        _remove_empty_run_dir(cfg)
         log.warning("stopped by %s; re-run the same command to continue", stop.signal_name)
         sys.exit(stop.exit_code)  # 143 for SIGTERM, 130 for Ctrl-C: a sweep stops here too
     except Exception as err:
-        _remove_empty_run_dir()
+        _remove_empty_run_dir(cfg)
         if _is_multirun():  # the sweep goes on; para.tracking.sweep.SweepReport lists the failed cells at the end
             return cell_failed(err, traceback=not isinstance(err, USER_ERRORS))
         if not isinstance(err, USER_ERRORS):
             raise
         log.error("%s", err)
         sys.exit(2)
-    log.info("run folder: %s (status %s)", metrics.get("run_dir"), metrics.get("status"))
+    log.info("run folder: %s (status %s)", _output_dir(cfg), metrics.get("status"))
     _print_scores(metrics)
     return metrics
 
@@ -77,19 +86,24 @@ def _is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    return HydraConfig.get().mode == RunMode.MULTIRUN
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _remove_empty_run_dir() -> None:
+def _output_dir(cfg: DictConfig):
+    from para.run.runner import run_dir_of
+
+    return run_dir_of(cfg)  # where the folder is now: a moved run's metrics name the old one
+
+
+def _remove_empty_run_dir(cfg: DictConfig) -> None:
     """Hydra creates the output folder before the job starts; a run that never began removes the folders made
     for it, never one the user made (para.run.folder.remove_created)."""
-    from pathlib import Path
-
     from hydra.core.hydra_config import HydraConfig
 
     from para.run.folder import remove_created
 
-    remove_created(Path(HydraConfig.get().runtime.output_dir), _is_multirun(), STARTED_AT)
+    if HydraConfig.initialized():  # (outside Hydra nothing made a folder before the run)
+        remove_created(_output_dir(cfg), _is_multirun(), STARTED_AT)
 
 
 if __name__ == "__main__":

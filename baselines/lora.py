@@ -42,6 +42,7 @@ class Lora(PeftAdapter):
     name = "lora"
     Config = LoraMethodConfig
     param_marker = ".lora_"
+    factor_rank = True
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:

@@ -76,6 +76,7 @@ class Loha(LycorisAdapter):
     name = "loha"
     Config = LohaMethodConfig
     param_marker = ".hada_"
+    factor_rank = True
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:

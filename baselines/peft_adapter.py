@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from peft import PeftConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor, nn
 
-from para.core.method import Method
+from para.core.method import Method, check_rank_fits
 from para.core.subsets import check_subset, select_modules
 
 ADAPTER = "default"
@@ -22,6 +22,7 @@ class PeftAdapter(Method):
     """Base of the peft methods. Subclasses set `param_marker` and implement `peft_config`."""
 
     param_marker: ClassVar[str]  # substring of the names of the adapter's trainable tensors
+    factor_rank: ClassVar[bool] = False  # method.rank is the inner size of B·A factors of each layer's ΔW
 
     def __init__(self, cfg: Any, base_model: str):
         super().__init__(cfg, base_model)
@@ -46,7 +47,10 @@ class PeftAdapter(Method):
 
     def select_targets(self, unet: nn.Module) -> list[str]:
         """Module names of the subset; a subclass refuses here the layers its peft tuner cannot adapt."""
-        return list(select_modules(unet, self.cfg.subset))
+        modules = select_modules(unet, self.cfg.subset)
+        if self.factor_rank:
+            check_rank_fits(self.cfg.rank, modules)
+        return list(modules)
 
     def attach(self, unet: nn.Module) -> list[nn.Parameter]:
         self.validate_config(self.cfg)

@@ -15,6 +15,7 @@ from typing import Any
 from eval.hub import BackboneUnavailable
 from eval.options import RANDOM_BANNER, EvalOptions
 from eval.score import DEFAULT_CACHE_DIR, SCORE_KEYS, read_json, score_run
+from para.core.devices import check_device
 from para.core.io import atomic_write_json
 
 
@@ -71,10 +72,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def rescore(args: argparse.Namespace) -> int:
+    if not args.run_dir.is_dir():
+        what = "is not a folder" if args.run_dir.exists() else "does not exist"
+        raise ValueError(
+            f"{args.run_dir} {what}; python -m eval takes a run folder (the one holding metrics.json and samples/), "
+            "e.g. python -m eval runs/para/dog/steps200-seed0"
+        )
     info = read_json(args.run_dir / "metrics.json")
     run_eval = (info.get("run_info") or {}).get("eval") if isinstance(info, dict) else None
     overrides = {f.name: getattr(args, f.name) for f in fields(EvalOptions)}
     opts = EvalOptions.from_any(run_eval, **overrides)
+    check_device("--device" if args.device else "eval.device (the run's; --device overrides it)", opts.device)
     cache_dir = None if args.no_cache else args.cache_dir
     scores = score_run(args.run_dir, opts, cache_dir=cache_dir, write_cache=not args.dry_run)
     print(format_scores(scores))

@@ -38,6 +38,8 @@ class EvalOptions:
             )
         if self.batch_size < 1:
             raise ValueError(f"eval.batch_size={self.batch_size!r} is out of range; expected an integer >= 1")
+        if self.lpips_size < 64:  # as para.run.config.RANGES: LPIPS' AlexNet/VGG trunks need that much
+            raise ValueError(f"eval.lpips_size={self.lpips_size!r} is out of range; expected an integer >= 64")
 
     @classmethod
     def from_any(cls, cfg: Any = None, **overrides: Any) -> EvalOptions:

@@ -53,6 +53,7 @@ class PaRa(LayerwiseMethod):
         super().__init__(cfg, base_model)
         self.ranks: dict[str, int] = {}  # effective rank per layer, recorded in the adapter metadata
         self.shared_bases: SharedBases | None = None
+        self.widths: dict[str, int] = {}  # outputs per layer
 
     @classmethod
     def validate_config(cls, cfg: Any) -> None:
@@ -63,12 +64,6 @@ class PaRa(LayerwiseMethod):
         if cfg.init not in INITS:
             raise ValueError(f"unknown PaRa init {cfg.init!r}; expected one of {list(INITS)}")
         check_range(cfg.init_std > 0, "method.init_std", cfg.init_std, "a standard deviation > 0")
-
-    def attach(self, unet: nn.Module) -> list[nn.Parameter]:
-        params = super().attach(unet)
-        if self.cfg.batch_qr and issubclass(self.layer_type, PaRaLayer):  # para_authors: no QR after attaching
-            self.shared_bases = SharedBases(self.layers(unet).values()).attach(unet)
-        return params
 
     def detach(self, unet: nn.Module) -> None:
         if self.shared_bases is not None:
@@ -83,9 +78,34 @@ class PaRa(LayerwiseMethod):
             raise ValueError(
                 f"method.rank={rank} is out of range for layer {name} with {width} outputs; need rank < {width}"
             )
-        self.ranks[name] = rank
+        self.ranks[name], self.widths[name] = rank, width
         b = initial_b(module, rank, self.cfg.init, self.cfg.init_std, torch.default_generator)
         return self.layer_type(module, b)
+
+    def attach(self, unet: nn.Module) -> list[nn.Parameter]:
+        params = super().attach(unet)
+        widest = max(self.widths.values(), default=0)
+        if self.cfg.gamma is not None and self.cfg.rank >= widest > 0:  # γ silently capped method.rank=100000
+            raise ValueError(
+                f"method.rank={self.cfg.rank} is wider than every adapted layer (the widest has {widest} outputs); "
+                f"γ={self.cfg.gamma} caps each layer at ⌊d_out·γ⌋, here {self._capped()}. Ask for at most "
+                f"method.rank={max(self.ranks.values())}, or method.gamma=null with a rank below each layer's width"
+            )
+        if self.cfg.batch_qr and issubclass(self.layer_type, PaRaLayer):  # para_authors: no QR after attaching
+            self.shared_bases = SharedBases(self.layers(unet).values()).attach(unet)
+        return params
+
+    def _capped(self) -> str:
+        low, high = min(self.ranks.values()), max(self.ranks.values())
+        return f"rank {low}" if low == high else f"ranks {low}..{high}"
+
+    def attach_notes(self) -> list[str]:
+        if self.cfg.gamma is None or not self.ranks or self.cfg.rank <= max(self.ranks.values()):
+            return []
+        return [
+            f"method.rank={self.cfg.rank} is above γ's cap on every layer: PaRa trains {self._capped()} "
+            f"(⌊d_out·γ⌋, γ={self.cfg.gamma}); method.gamma=null applies the rank as asked"
+        ]
 
     def summary(self) -> dict[str, Any]:
         return {"layers": len(self.ranks), "ranks": self.ranks}

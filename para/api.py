@@ -23,6 +23,7 @@ from para.export.formats import lora_config, peft_tensors
 from para.export.hub import HubError, check_hub, push_files
 from para.export.source import EXPORT_FORMAT, check_pipeline_base, open_source
 from para.run.model_card import Exported, card_data, load_run, render_model_card
+from para.run.registry import METHODS
 
 ADAPTER_FORMAT = "para-adapter"  # `para_format` of a run's own adapter file (para.core.method)
 
@@ -129,7 +130,9 @@ def export_lora(
         if src.run_dir is None:
             raise HubError("--push-to-hub needs a run folder: its model card and samples go with the file")
         check_hub(push_to_hub, hub_endpoint, hub_token)
-    written = export(src, out, format, dtype, overwrite=overwrite, pipe=pipe, base_model=base_model, device=device)
+    written = export(
+        src, out, format, dtype, overwrite=overwrite, pipe=pipe, base_model=base_model, device=device, methods=METHODS
+    )
     if push_to_hub:
         url = _push(src.run_dir, written, format, push_to_hub, private, hub_endpoint, hub_token)
         print(f"uploaded to {url}")

@@ -68,7 +68,10 @@ def test_a_finished_run_with_other_training_settings_is_not_reused(tmp_path):
     write_marker(tmp_path)
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "finished", "stage": "trained"}))
-    (tmp_path / "adapter.safetensors").write_bytes(b"x")
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "adapter.safetensors"))  # whole (a truncated one is refused)
     reuse = compose_config(
         "model=tiny",
         "method.rank=2",

@@ -53,7 +53,9 @@ def gate_markdown(build: dict) -> str:
     identity = gate["base_identity"]
     lines.append(
         "| base model's samples of each subject's prompts: subject identity "
-        f"| ≤ {gate['thresholds']['base_identity']} | highest {max(identity.values()):.4f}; " + ", ".join(f"{k} {v:.4f}" for k, v in identity.items()) + " |"
+        f"| ≤ {gate['thresholds']['base_identity']} | highest {max(identity.values()):.4f}; "
+        + ", ".join(f"{k} {v:.4f}" for k, v in identity.items())
+        + " |"
     )
     for attribute, row in gate["caption_fidelity"].items():
         lo, hi = row["ci95"]

@@ -80,10 +80,14 @@ def save_checkpoint(
     tmp = folder / f".step{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / _FILES[0]))
-    opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
-    save_file(opt_tensors, str(tmp / _FILES[1]), metadata=opt_meta)
-    atomic_write_json(tmp / _FILES[2], {"step": step, **extra})
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / _FILES[0]))
+        opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
+        save_file(opt_tensors, str(tmp / _FILES[1]), metadata=opt_meta)
+        atomic_write_json(tmp / _FILES[2], {"step": step, **extra})
+    except BaseException:  # a full disk, a kill: the partial checkpoint goes (it also frees what it took)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(folder.glob("step*"))[:-keep] if keep > 0 else []:

@@ -33,8 +33,9 @@ def image_suffixes() -> frozenset[str]:
 def subject_dir(root: str | Path, subject: str) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(
-            f"data root {root.resolve()} does not exist; set data.root=... to the DreamBooth `dataset/` folder "
+            f"data root {root.resolve()} {what}; set data.root=... to the DreamBooth `dataset/` folder "
             "(git clone https://github.com/google/dreambooth)"
         )
     folder = root / subject
@@ -59,7 +60,10 @@ def image_files(folder: Path) -> list[Path]:
             "convert photos to a format Pillow reads here (.jpg, .png, .webp, .tif, ...; HEIC needs converting)"
         )
     if not entries:
-        raise DataError(f"subject folder {folder} holds no images (.jpg, .png, .webp, ...)")
+        raise DataError(
+            f"subject folder {folder} holds no images (.jpg, .png, .webp, ...); put the subject's photos there, or "
+            "set data.root=... to the folder that holds them in <subject>/"
+        )
     return entries
 
 
@@ -91,9 +95,15 @@ def load_rgb(path: Path, min_side: int = 1) -> Image.Image:
             f"image {path} is too large to read safely ({err}); downscale it (e.g. to 4096 pixels per side)"
         ) from err
     except Exception as err:  # noqa: BLE001 - Pillow raises many types for broken files; all mean "unreadable"
-        raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+        raise DataError(
+            f"cannot read image {path}: {type(err).__name__}: {err}; put back a whole copy of the photo, or move the "
+            "file out of the subject folder"
+        ) from err
     if min(im.size) < min_side:
-        raise DataError(f"image {path} is {im.size[0]}x{im.size[1]}, smaller than data.min_image_side={min_side}")
+        raise DataError(
+            f"image {path} is {im.size[0]}x{im.size[1]}, smaller than data.min_image_side={min_side}; use a larger "
+            "photo or move it out of the subject folder"
+        )
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         im = _to_8bit(im)
     if im.has_transparency_data:

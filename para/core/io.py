@@ -6,8 +6,10 @@ Everything is written to a temporary file in the same folder, flushed to disk, t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,27 @@ from typing import Any
 
 from safetensors.torch import save_file
 from torch import Tensor
+
+
+class DiskFull(RuntimeError):
+    """A write failed for want of space (ENOSPC, EDQUOT); the message names the folder and the ways out."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(folder: Path, err: OSError, way_on: str) -> str:
+    """What ran out, how much is free now (after our partial files went), and the ways out."""
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**30:.2f} GiB free there now"
+    except OSError:
+        free = "free space unknown"
+    where = f" writing {err.filename}" if err.filename else ""
+    return (
+        f"the disk of {folder} is full ({err.strerror or err}{where}; {free}). No partial file was left. Free "
+        f"some space, then {way_on}"
+    )
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:

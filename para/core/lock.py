@@ -43,6 +43,10 @@ class FolderBusy(RuntimeError):
     """Another process holds the folder; the message names it (host, PID, command) and the ways out."""
 
 
+class NotALockFile(ValueError):
+    """`.para-lock` in the folder is not a lock file (a folder, a socket, ...): not ours to open or remove."""
+
+
 @dataclass
 class Holder:
     host: str
@@ -118,6 +122,12 @@ class FolderLock:
             raise FolderBusy(f"{self.folder} is already held by this process (PID {os.getpid()})")
         self.created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_file():
+            kind = "folder" if self.path.is_dir() else "special file"
+            raise NotALockFile(
+                f"{self.path} is not a lock file of the harness (it is a {kind}); "
+                "nothing was touched. Remove it if it is yours or stale, or use another folder (hydra.run.dir=...)"
+            )
         deadline, announced = time.monotonic() + self.wait_s, False
         while not self._try_acquire():
             other = read_holder(self.folder)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -73,6 +74,11 @@ class Method:
         """Facts worth recording with the run (e.g. effective rank per layer)."""
         return {}
 
+    def attach_notes(self) -> list[str]:
+        """What the user should know about how `attach` fitted the settings to the model (e.g. a rank that every
+        layer caps); the preflight says them as warnings."""
+        return []
+
     # --- sampling -------------------------------------------------------------------------------------
     def prepare_for_sampling(self, unet: nn.Module, merge: bool) -> bool:
         """Put the UNet in its inference form (e.g. merge weights, set the LoRA scale); True if weights merged."""
@@ -121,8 +127,11 @@ class Method:
         return []
 
 
-def check_range(ok: bool, key: str, value: Any, allowed: str) -> None:
-    """Raise ValueError naming the setting, its value and what it accepts, unless `ok`."""
+def check_range(ok: bool, key: str, value: Any, allowed: str, finite: bool = True) -> None:
+    """Raise ValueError naming the setting, its value and what it accepts, unless `ok` (and, with `finite`, the
+    value is no nan or inf: `method.init_std=inf` passes `> 0` and fails mid-run)."""
+    if finite and isinstance(value, float) and not math.isfinite(value):
+        ok = False
     if not ok:
         raise ValueError(f"{key}={value!r} is out of range; expected {allowed}")
 
@@ -130,6 +139,18 @@ def check_range(ok: bool, key: str, value: Any, allowed: str) -> None:
 def check_rank(cfg: Any) -> None:
     """`method.rank` must be a positive integer (every low-rank method's first check)."""
     check_range(cfg.rank > 0, "method.rank", cfg.rank, "an integer > 0")
+
+
+def check_rank_fits(rank: int, modules: dict[str, nn.Module]) -> None:
+    """Refuse a factor rank above what any of `modules` can hold: ΔW = B·A of an m × n layer (a conv kernel
+    flattened to n = c_in·k²) has rank ≤ min(m, n), so a larger rank only adds parameters (and can ask for more
+    memory than any machine has: method.rank=100000)."""
+    sizes = [min(m.weight.shape[0], m.weight[0].numel()) for m in modules.values() if hasattr(m, "weight")]
+    if sizes and rank > max(sizes):
+        raise ValueError(
+            f"method.rank={rank} is above the rank any adapted layer's weight change can have (at most "
+            f"min(d_out, d_in) = {max(sizes)} here); ask for method.rank <= {max(sizes)}"
+        )
 
 
 def check_alpha(cfg: Any) -> None:
@@ -153,6 +174,16 @@ def read_adapter_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, st
     except (SafetensorError, OSError, ValueError) as err:
         raise AdapterFileError(f"{path} is not a valid safetensors file ({err}); is it truncated?") from err
     return tensors, metadata
+
+
+def safetensors_problem(path: str | Path) -> str | None:
+    """Why `path` is not a whole safetensors file (its header is read, not its tensors), or None."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as err:
+        return f"not a whole safetensors file: {err}"
+    return None
 
 
 def check_adapter_metadata(path: str | Path, metadata: dict[str, str], method: str, base_model: str) -> None:

@@ -85,7 +85,10 @@ def check_exportable(method: str | None) -> None:
     if method in EXACT:
         return
     if method in NOT_LOW_RANK:
-        raise NotExportable(f"a {method!r} adapter cannot be exported exactly as a LoRA: {NOT_LOW_RANK[method]}")
+        raise NotExportable(
+            f"a {method!r} adapter cannot be exported exactly as a LoRA: {NOT_LOW_RANK[method]}. "
+            "`python -m para.export <run> --format merged` writes it as a whole diffusers UNet, which every tool reads"
+        )
     raise NotExportable(
         f"{method!r} is not an adapter method this project exports; exportable: {sorted(EXACT)} "
         "(files exported already load as they are)"

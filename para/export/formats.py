@@ -24,6 +24,7 @@ from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 from torch import Tensor
 
 from para.export.factors import EXACT, LORA_METHODS, LowRank
+from para.export.merged import MERGED_FILES
 from para.export.source import EXPORT_FORMAT, ExportSource
 
 FORMATS = ("lora", "kohya", "merged")
@@ -93,11 +94,11 @@ def export_metadata(source: ExportSource, fmt: str, dtype: str, ranks: dict[str,
         "para_export_format": fmt,
         "method": str(source.method),
         "base_model": str(source.base_model),
-        "exact": EXACT[source.method],
+        "exact": EXACT.get(source.method, f"merged from {source.method}: the trained weights baked into the UNet"),
         "scale": "1",
         "dtype": dtype,
         "ranks": json.dumps(ranks, sort_keys=True),
-        "rank_max": str(max(ranks.values())),
+        "rank_max": str(max(ranks.values(), default="n/a")),
         "gamma": json.dumps(config.get("gamma")),
         "subset": json.dumps(config.get("subset")),
         "config": json.dumps(config, sort_keys=True),
@@ -117,17 +118,32 @@ def export_metadata(source: ExportSource, fmt: str, dtype: str, ranks: dict[str,
     return metadata
 
 
-def check_out(out: Path, fmt: str, overwrite: bool, protected: list[Path]) -> None:
-    """Refuse to replace what the user did not ask to replace, and never a source file (before any work)."""
+def check_out(out: Path, fmt: str, overwrite: bool, protected: list[Path], run_dirs: list[Path] = ()) -> None:
+    """Refuse to replace what the user did not ask to replace, and never a source file or write into a run folder
+    (before any work)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}")
     if any(out.resolve() == p.resolve() for p in protected):
         raise FileExistsError(f"--out {out} is the adapter being exported; choose another path")
+    inside = [r for r in run_dirs if out.resolve() == r.resolve() or r.resolve() in out.resolve().parents]
+    if inside:
+        beside = inside[0].parent / (inside[0].name + ("-unet" if fmt == "merged" else ".safetensors"))
+        raise FileExistsError(
+            f"--out {out} is in the run folder {inside[0]}, which holds the harness's own files; write the export "
+            f"beside it, e.g. --out {beside}"
+        )
     if fmt == "merged":
         if out.is_file():
             raise FileExistsError(f"{out} is a file; the merged export writes a diffusers UNet folder")
-        if out.is_dir() and any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+        held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        others = [name for name in held if name not in MERGED_FILES]
+        if others:  # --overwrite would replace two files among someone else's
+            raise FileExistsError(
+                f"{out} holds {', '.join(others[:6])}, not (only) a merged UNet; the merged export writes "
+                f"{' and '.join(MERGED_FILES)} into a folder of its own: choose a new or empty folder"
+            )
+        if held and not overwrite:
+            raise FileExistsError(f"{out} holds a merged UNet; pass --overwrite (overwrite=True) to replace it")
         return
     if out.suffix != ".safetensors":
         raise ValueError(f"--out {out}: a {fmt} export is one .safetensors file; name it <something>.safetensors")

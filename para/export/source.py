@@ -85,8 +85,17 @@ def open_source(path: str | Path) -> ExportSource:
 
 
 def _add_run(source: ExportSource, run_dir: Path) -> None:
-    cfg = OmegaConf.load(run_dir / CONFIG_FILE)
-    if model_id(cfg.model) != source.base_model:
+    try:
+        cfg = OmegaConf.load(run_dir / CONFIG_FILE)
+        model = model_id(cfg.model)
+    except Exception as err:  # noqa: BLE001 - YAML, OmegaConf and key errors alike: the file cannot say
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AdapterFileError(
+            f"{run_dir / CONFIG_FILE} is not a run's config ({type(err).__name__}: {first}); the export reads the "
+            "base model from it. Put back the config.yaml the run wrote, or pass a loaded pipeline to "
+            "para.export_lora(..., pipe=...)"
+        ) from None
+    if model != source.base_model:
         raise AdapterFileError(
             f"{run_dir / CONFIG_FILE} names base model {model_id(cfg.model)!r}, but {source.adapter} was made for "
             f"{source.base_model!r}"

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from para.core.devices import device_problem
+
 log = logging.getLogger(__name__)
 
 
@@ -78,11 +80,17 @@ def method_on_model(cell: Cell) -> Iterable[str]:
     key = (OmegaConf.to_yaml(cfg.model, resolve=True), OmegaConf.to_yaml(cfg.method, resolve=True))
     if key not in _ATTACHED:  # the same method on the same model, in many cells of a table: once
         unet = build_unet_meta(cfg.model)
+        method = METHODS[cfg.method.name](cfg.method, model_id(cfg.model))
         with torch.random.fork_rng(devices=[]):  # random initial values must not shift the run's own draws
             try:
-                _ATTACHED[key] = METHODS[cfg.method.name](cfg.method, model_id(cfg.model)).attach(unet)
+                _ATTACHED[key] = method.attach(unet)
             except ValueError as err:
                 _ATTACHED[key] = f"method {cfg.method.name} on the {cfg.model.name} UNet: {err}"
+            else:
+                # loud for real models; the random test models' layers are 64-128 wide, capping any rank > 3
+                level = logging.WARNING if cfg.model.kind == "pretrained" else logging.INFO
+                for note in method.attach_notes():
+                    log.log(level, "method %s on the %s UNet: %s", cfg.method.name, cfg.model.name, note)
     if isinstance(_ATTACHED[key], str):
         return [_ATTACHED[key]]
     cell.shared["trainable"] = _ATTACHED[key]  # meta tensors: shapes and dtypes, no memory
@@ -175,28 +183,6 @@ def eval_backbones(cell: Cell) -> Iterable[str]:
     from eval.options import EvalOptions
 
     return list(_missing_backbones(EvalOptions.from_any(cfg.eval)))
-
-
-def device_problem(key: str, name: str) -> str | None:
-    """Why `name` (auto | cpu | cuda | cuda:N | mps) is not a device of this machine, or None."""
-    if name == "auto":
-        return None
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        return f"{key}={name!r} is not a device; expected auto, cpu, cuda, cuda:N or mps"
-    way_out = f"use {key}=auto (a GPU when there is one, else the CPU) or {key}=cpu"
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            return f"{key}={name!r}, but this machine has no usable CUDA GPU (torch {torch.__version__}); {way_out}"
-        if device.index is not None and device.index >= count:
-            return f"{key}={name!r}, but this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}); {way_out}"
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        return f"{key}={name!r}, but MPS is not available here; {way_out}"
-    elif device.type not in ("cpu", "cuda", "mps"):
-        return f"{key}={name!r}: the harness runs on cpu, cuda or mps"
-    return None
 
 
 @standard("device")

@@ -8,6 +8,8 @@ type (`steps=abc`) fails at composition time with Hydra's message, and out-of-ra
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,7 +173,9 @@ def gpus_per_cell(model: DictConfig) -> int | None:
 
 
 def register_configs() -> None:
-    """Register the schemas under the names the YAML files extend (`<group>_schema`)."""
+    """Register the schemas where the YAML files extend them: `/schema/<group>` (`/schema/method/<name>` for the
+    methods). They live outside the choosable groups, so `method=para_schema` is no choice and Hydra's list of a
+    group's options names only the YAML files."""
     from para.run.registry import METHODS
 
     # runs/<model>/... for models other than sdxl (see conf/config.yaml)
@@ -183,11 +187,11 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("gpus_per_cell", gpus_per_cell, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="subject", name="subject_schema", node=SubjectConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    cs.store(group="schema", name="model", node=ModelConfig)
+    cs.store(group="schema", name="subject", node=SubjectConfig)
+    cs.store(group="schema", name="logger", node=LoggerConfig)
     for name, method in METHODS.items():
-        cs.store(group="method", name=f"{name}_schema", node=method.Config)
+        cs.store(group="schema/method", name=name, node=method.Config)
 
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -200,6 +204,16 @@ def compose_config(*overrides: str) -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def compose_error_message(err: Exception) -> str:
+    """Hydra's composition error for a person: without the search path, and without its hint to add a misspelt
+    key with `+` (the harness refuses keys it does not read)."""
+    text = str(err).split("\nConfig search path")[0].strip()
+    hint = re.search(r"Could not override '([^']+)'\.\s*To append to your config use \+\S+", text)
+    if hint:
+        text = text.replace(hint.group(0), f"{hint.group(1)} is not a setting of the harness; check its spelling")
+    return text
 
 
 def compile_backends() -> list[str]:
@@ -226,14 +240,16 @@ def _multiple_of_8(v: Any) -> bool:
 
 
 # Every numeric setting of the schemas above and the values it accepts (tests/test_config.py checks none is
-# missing). Method settings are checked by each method's `validate_config`.
+# missing). Method settings are checked by each method's `validate_config`. nan and inf are refused on top
+# (para.core.method.check_range), except for lock_wait.
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "steps": (_positive, "an integer > 0"),
-    "seed": (_at_least(0), "an integer >= 0"),
-    "lock_wait": (_at_least(0), "seconds >= 0"),
+    # every sample's noise seed is seed·10⁶ + …, and torch seeds are 64-bit: 2**32 keeps them in range
+    "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "lock_wait": (_at_least(0), "seconds >= 0 (inf: wait for as long as it takes)"),
     "model.resolution": (_multiple_of_8, "a positive multiple of 8 (the VAE downsamples 8x)"),
-    "model.init_seed": (_at_least(0), "an integer >= 0"),
-    "data.flip_p": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
+    "model.init_seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "data.flip_p": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),  # nan fails both comparisons
     "data.min_image_side": (_at_least(1), "an integer >= 1"),
     "train.batch_size": (_positive, "an integer > 0"),
     "train.weight_decay": (_at_least(0), ">= 0 (a negative decay grows the weights)"),
@@ -262,6 +278,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adamw", "adamw8bit", "adafactor"),
     "train.mixed_precision": ("auto", "bf16", "fp16", "no"),
     "model.kind": ("pretrained", "tiny", "small"),
+    "model.weights_dtype": ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"),
     "subject.kind": ("live", "object"),
     "data.original_size": ("photo", "resolution"),
     "sample.scheduler": ("ddim", "default"),
@@ -269,15 +286,35 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of `node` (recursively) that its schema does not have: `+foo=1` or `+method.rnak=4` add them, and
+    nothing reads them (free-form nodes such as `experiment` are not looked into)."""
+    schema = OmegaConf.get_type(node)
+    names = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    found = []
+    for key in node.keys():
+        if names is not None and key not in names:
+            found.append(f"{prefix}{key}")
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            found += unknown_keys(child, f"{prefix}{key}.")
+    return found
+
+
 def config_problems(cfg: DictConfig) -> list[str]:
     """Every out-of-range value of `cfg`, each naming key, value and allowed range (empty: all fine)."""
     from para.run.registry import METHODS
 
-    problems = []
+    problems = [
+        f"{key} is not a setting of the harness (added with +{key}=...): nothing would read it. Check the spelling "
+        f"against `python run.py --cfg job`, and drop the leading + for an existing key"
+        for key in unknown_keys(cfg)
+    ]
 
     def check(ok: bool, key: str, value: Any, allowed: str) -> None:
         try:
-            check_range(ok, key, value, allowed)
+            check_range(ok, key, value, allowed, finite=key != "lock_wait")
         except ValueError as err:
             problems.append(str(err))
 
@@ -303,6 +340,13 @@ def config_problems(cfg: DictConfig) -> list[str]:
             METHODS[cfg.method.name].validate_config(cfg.method)
         except ValueError as err:
             problems.append(str(err))
+    if not cfg.data.token.strip() or cfg.data.token != cfg.data.token.strip():
+        problems.append(
+            f"data.token={cfg.data.token!r}: the identifier the adapter learns the subject by must be one non-empty "
+            "word without surrounding spaces, e.g. data.token=sks"
+        )
+    problems += template_problems("data.prompt_template", cfg.data.prompt_template, ("token", "class_word"))
+    problems += template_problems("train.class_prompt_template", cfg.train.class_prompt_template, ("class_word",))
     return problems
 
 
@@ -313,6 +357,16 @@ def _prompt_count(subject: DictConfig) -> int | None:
     if subject.get("prompts"):
         return len(subject.prompts)
     return len(PROMPT_LISTS[subject.kind]) if subject.kind in PROMPT_LISTS else None
+
+
+def template_problems(key: str, template: str, fields: tuple[str, ...]) -> list[str]:
+    """A prompt template must format with exactly these fields (a `{nope}` failed after the model had loaded)."""
+    try:
+        template.format(**{f: f for f in fields})
+    except (KeyError, IndexError, ValueError) as err:
+        allowed = ", ".join(f"{{{f}}}" for f in fields)
+        return [f"{key}={template!r} does not format ({type(err).__name__}: {err}); it may use {allowed} only"]
+    return []
 
 
 def validate(cfg: DictConfig) -> None:

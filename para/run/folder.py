@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +40,15 @@ from omegaconf import DictConfig
 
 from para.core.io import atomic_write_json, read_json
 from para.core.lock import LOCK_NAME
+from para.core.method import safetensors_problem
 from para.run.settings import SAMPLING, SCORING, TRAINING, describe, differing, saved_config
 
 log = logging.getLogger(__name__)
 
 MARKER = ".para-run"
+# The model card's name, and the one it takes when a file of the user's already has that name (para.run.model_card).
+CARD_NAMES = ("README.md", "MODEL_CARD.md")
+CARD_MARK = "<!-- written by the para harness"  # in every card we write: how a README.md is told to be ours
 MARKER_FORMAT = "para-run-folder"
 # Every entry the harness writes into a run folder: the only ones it ever removes (overwrite=true). A module that
 # writes a new entry adds its name here.
@@ -58,7 +63,13 @@ OWNED = (
     "samples",
     "validation",
     "wandb",
+    CARD_NAMES[1],  # README.md is ours only when it is our model card (is_our_card)
 )
+
+
+# Entries of OWNED that the harness writes as folders; the others are files. An entry of the other kind is not the
+# harness's (a `.para-lock` folder, a `samples` file): it is refused, never removed.
+OWNED_FOLDERS = ("checkpoints", "samples", "validation", "wandb")
 
 
 class FolderRefused(ValueError):
@@ -76,6 +87,7 @@ class Contents:
     adapter: bool = False
     samples: int = 0  # images in samples/
     sampled: bool = False  # samples/prompts.json written: sampling finished
+    adapter_problem: str | None = None  # why adapter.safetensors cannot be read (truncated, not safetensors)
 
     @property
     def work(self) -> bool:
@@ -112,6 +124,9 @@ def inspect(run_dir: Path) -> Contents:
     if not run_dir.is_dir():
         return Contents("foreign", [run_dir.name])
     entries = sorted(os.listdir(run_dir))
+    misfits = wrong_kind(run_dir, entries)
+    if misfits:
+        return Contents("foreign", misfits)
     if set(entries) <= {LOCK_NAME}:
         return Contents("empty", entries)
     metrics = _read_metrics(run_dir)
@@ -119,18 +134,39 @@ def inspect(run_dir: Path) -> Contents:
         return Contents("foreign", entries)
     steps = [int(p.name[4:]) for p in (run_dir / "checkpoints").glob("step*") if p.name[4:].isdigit()]
     samples = run_dir / "samples"
+    adapter = run_dir / "adapter.safetensors"
     return Contents(
         "ours",
         entries,
         metrics,
         checkpoint=max(steps) if steps else None,
-        adapter=(run_dir / "adapter.safetensors").is_file(),
+        adapter=adapter.is_file(),
         samples=len(list(samples.glob("*.png"))) if samples.is_dir() else 0,
         sampled=(samples / "prompts.json").is_file(),
+        adapter_problem=safetensors_problem(adapter) if adapter.is_file() else None,
     )
 
 
+def wrong_kind(run_dir: Path, entries: list[str]) -> list[str]:
+    """Entries named like the harness's own but of the other kind (a folder `.para-lock` or `metrics.json`, a file
+    `samples`): someone else's, so the harness can neither write there nor remove them."""
+    misfits = []
+    for name in set(entries) & set(OWNED):
+        path = run_dir / name
+        folder = path.is_dir() and not path.is_symlink()
+        if folder != (name in OWNED_FOLDERS):
+            misfits.append(f"{name} ({'a folder' if folder else 'not a folder'})")
+    return sorted(misfits)
+
+
 def not_ours_message(run_dir: Path, entries: list[str]) -> str:
+    if any(e.endswith(("(a folder)", "(not a folder)")) for e in entries):
+        return (
+            f"{run_dir} holds {', '.join(entries)} where the harness writes "
+            f"{'files' if all(e.endswith('(a folder)') for e in entries) else 'entries of the other kind'} of the "
+            "same names; nothing in it was touched. Move them away if they are yours (or remove a stale one), or "
+            "give the run another folder (hydra.run.dir=...)"
+        )
     listed = ", ".join(entries[:6]) + (f", ... ({len(entries)} entries)" if len(entries) > 6 else "")
     return (
         f"{run_dir} is not empty and is not a run folder of this harness (it holds {listed}); nothing in it was "
@@ -189,6 +225,13 @@ def plan(run_dir: Path, cfg: DictConfig) -> Plan:
         return Plan("fresh", contents)
     if cfg.overwrite:
         return Plan("fresh", contents, clear=True, note=f"overwrite=true: replacing the run in {run_dir}")
+    if contents.adapter_problem:
+        raise FolderRefused(
+            f"{run_dir} holds a run whose adapter.safetensors cannot be read ({contents.adapter_problem}), so "
+            "neither its samples nor its scores can be trusted to be of it; nothing was changed. Ways out: "
+            "overwrite=true trains it again; put back a whole copy of the file; or use another folder "
+            "(hydra.run.dir=...)"
+        )
     if not contents.work:
         return Plan("fresh", contents, clear=True, note=f"{run_dir} holds no trained work: starting it afresh")
     saved = saved_config(run_dir) or (contents.metrics or {}).get("run_info")
@@ -227,6 +270,21 @@ def write_marker(run_dir: Path) -> None:
     atomic_write_json(run_dir / MARKER, {"format": MARKER_FORMAT, "version": 1, **made, "owned": list(OWNED)})
 
 
+def is_our_card(path: Path) -> bool:
+    """Whether `path` is a model card the harness wrote (a README.md of the user's never is)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return CARD_MARK in f.read(1 << 16)
+    except OSError:
+        return False
+
+
+def card_path(run_dir: Path) -> Path:
+    """Where the run's model card goes: README.md, unless a file of that name is not ours (then MODEL_CARD.md)."""
+    readme = run_dir / CARD_NAMES[0]
+    return readme if not readme.exists() or is_our_card(readme) else run_dir / CARD_NAMES[1]
+
+
 def clear_owned(run_dir: Path) -> None:
     """Remove what the harness wrote into `run_dir` (and its own temp files); everything else stays, named."""
     kept = []
@@ -234,7 +292,8 @@ def clear_owned(run_dir: Path) -> None:
         if name == LOCK_NAME:  # held by this very run
             continue
         temp = name.startswith(".") and name.endswith(".tmp") and name[1:].startswith(OWNED)  # para.core.io's
-        if name not in OWNED and not temp:
+        ours = name in OWNED or (name == CARD_NAMES[0] and is_our_card(run_dir / name))
+        if not ours and not temp:
             kept.append(name)
             continue
         path = run_dir / name
@@ -265,7 +324,22 @@ class CreatedFolders(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         out = Path(str(config.hydra.run.dir)).absolute()
+        problem = run_dir_problem(out)
+        if problem:  # Hydra would make the folder next, and fail with a traceback
+            print(f"{problem}", file=sys.stderr)
+            raise SystemExit(2)
         CreatedFolders.created = [p for p in (out, *out.parents) if not p.exists()]
+
+
+def run_dir_problem(out: Path) -> str | None:
+    """Why no run folder can be made at `out`: it, or a folder above it, is a file."""
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is None:
+        return None
+    return (
+        f"the run folder {out} cannot be made: {blocking} is a file, not a folder; nothing was touched. "
+        "Give the run a folder path (hydra.run.dir=...; the default is runs/<method>/<subject>/steps<N>-seed<k>)"
+    )
 
 
 def remove_created(out: Path, multirun: bool, started_at: float) -> None:

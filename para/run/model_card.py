@@ -9,6 +9,7 @@ then what was trained, the scores and whether the models behind them were pretra
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,10 @@ from para.core.data import instance_prompt
 from para.core.io import atomic_write_text, read_json
 from para.core.models import model_id
 from para.export.factors import EXACT, NOT_LOW_RANK
+from para.run.folder import CARD_MARK, CARD_NAMES, card_path
 
-CARD_FILE = "README.md"
+CARD_FILE = CARD_NAMES[0]
+log = logging.getLogger(__name__)
 SCORES = ("dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim")
 WIDGET_IMAGES = 4
 SDXL_LICENSE = "openrail++"  # SDXL 1.0 base's license; adapters of it inherit its use restrictions
@@ -83,7 +86,7 @@ def render_model_card(run_dir: Path, cfg: DictConfig, metrics: dict, exported: E
     body = [
         f"# {cfg.method.name} adapter: {cfg.subject.name} ({cfg.data.token}) on {data.base_model}",
         "",
-        "<!-- written by the para harness (para/run/model_card.py); the run folder's files are the source -->",
+        f"{CARD_MARK} (para/run/model_card.py); the run folder's files are the source -->",
         "",
         *_warning(cfg, metrics),
         "## What was trained",
@@ -117,10 +120,14 @@ def render_model_card(run_dir: Path, cfg: DictConfig, metrics: dict, exported: E
 
 
 def write_model_card(run_dir: Path, cfg: DictConfig, metrics: dict) -> Path:
-    """`run_dir/README.md` for a finished run (checked to parse as a Hub model card)."""
+    """`run_dir/README.md` for a finished run (checked to parse as a Hub model card); `MODEL_CARD.md` when the
+    README.md there is a file of the user's, which is never replaced."""
     text = render_model_card(run_dir, cfg, metrics)
     ModelCard(text)  # raises on malformed front matter before anything is written
-    return atomic_write_text(run_dir / CARD_FILE, text)
+    path = card_path(run_dir)
+    if path.name != CARD_FILE:
+        log.warning("%s: README.md there is not a model card of the harness; the card is %s", run_dir, path.name)
+    return atomic_write_text(path, text)
 
 
 def load_run(run_dir: Path) -> tuple[DictConfig, dict]:

@@ -357,11 +357,11 @@ DREAMBOOTH_OPTIONS = {
 
 def table1_config(method: str, model: str, resolution: int | None, overrides=(), changes=()) -> DictConfig:
     """A Table 1 cell's config (`+experiment=table1`) for `method` on `model` (at `resolution`, if given)."""
-    size = [f"model.resolution={resolution}"] if resolution else []
+    size = [f"model.resolution={resolution}"] if resolution is not None else []  # 0 is a value, refused
     cfg = compose_config(
         "+experiment=table1", f"method={method}", f"model={model}", "run_dir=unused", *size, *overrides
     )
-    return with_changes(cfg, list(changes))
+    return with_changes(cfg, list(changes)) if changes else cfg  # as composed: typed, so unknown keys show
 
 
 def _options(cfg) -> str:
@@ -395,6 +395,32 @@ def rows(cards: list[float], model: str, resolution: int | None, methods: list[s
     return records
 
 
+def input_problems(
+    cards: list[float], model: str, resolution: int | None, methods: list[str] | None, overrides
+) -> list[str]:
+    """What is wrong with the plan's arguments, each with the way out (before anything is counted: an unknown
+    method or key was a traceback, and --resolution 0 counted for ever)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from para.run.config import compose_error_message, config_problems
+
+    found = [f"--cards {c:g}: a card size is a number of GiB > 0" for c in cards if not 0 < c < float("inf")]
+    unknown = [m for m in methods or [] if m not in METHODS]
+    if unknown:
+        found.append(f"--methods {' '.join(unknown)}: no such method; choose from {', '.join(sorted(METHODS))}")
+    # settings outside `method.` are the same for every method: one composition checks them
+    per_method = any(o.lstrip("+~").startswith("method.") for o in overrides)
+    names = [m for m in methods or (METHODS if per_method else ["para"]) if m in METHODS]
+    for name in names:
+        try:
+            problems = config_problems(table1_config(name, model, resolution, overrides))
+        except (HydraException, OmegaConfBaseException) as err:
+            problems = [compose_error_message(err)]
+        found += [p for p in problems if p not in found]
+    return [f"  - {p}" for p in found]
+
+
 def table1_disk_problem(records: list[dict], out: Path) -> str | None:
     """The whole table's disk (every cell's adapter and samples, plus one cell's checkpoints) against `out`'s disk."""
     need = table1_disk_gb(records)
@@ -419,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 2 if the whole Table 1 does not fit the disk")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every row, e.g. train.batch_size=2")
     args = parser.parse_args(argv)
+    problems = input_problems(args.cards, args.model, args.resolution, args.methods, args.overrides)
+    if problems:
+        print("\n".join(["make plan / python -m para.run.plan: nothing was counted:", *problems]), file=sys.stderr)
+        return 2
     records = rows(args.cards, args.model, args.resolution, args.methods, args.overrides)
     resolution = records[0]["resolution"]
     write_results(args.out, "plan", records, markdown(records, args.cards, args.model, resolution))

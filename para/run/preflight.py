@@ -87,12 +87,12 @@ def check_one(overrides: list[str], skip: Iterable[str] = ()) -> tuple[str, list
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from para.run.config import compose_config
+    from para.run.config import compose_config, compose_error_message
 
     try:
         cfg = compose_config(*overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        return "?", [("compose", f"{' '.join(overrides)}: {err}")], ""
+        return "?", [("compose", f"{' '.join(overrides)}: {compose_error_message(err)}")], ""
     # `python run.py` runs in hydra.run.dir when it is given (Hydra's compose API leaves that to the caller)
     chosen_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
     cell = Cell(cfg, Path(chosen_dirs[-1] if chosen_dirs else cfg.run_dir))
@@ -135,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.skip) - {c.name for c in CHECKS}
     if unknown:
         parser.error(f"unknown check(s) {sorted(unknown)}")
-    return check_cells(args.overrides, [shlex.split(c) for c in args.cell], args.skip)
+    cells = []
+    for cell in args.cell:
+        try:
+            cells.append(shlex.split(cell))
+        except ValueError as err:  # an unbalanced quote
+            parser.error(f"--cell {cell!r}: {err}; quote each cell's overrides as one argument")
+    return check_cells(args.overrides, cells, args.skip)
 
 
 if __name__ == "__main__":

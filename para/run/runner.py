@@ -24,7 +24,7 @@ from para.core.checkpoint import remove_checkpoints
 from para.core.conditioning import SubjectLatents, photo_time_ids
 from para.core.data import instance_prompt, load_images, load_subject_photos
 from para.core.interrupts import RunInterrupted, stop_on_signals
-from para.core.io import atomic_write_json, atomic_write_text
+from para.core.io import DiskFull, atomic_write_json, atomic_write_text, disk_full_message, is_disk_full
 from para.core.lock import FolderLock
 from para.core.memory import current_mb, peak_mb, reset_peak
 from para.core.method import Method
@@ -49,6 +49,11 @@ OOM_HINT = (
 )
 
 # submitit ends a job that SLURM preempts or times out with sys.exit(-1) (after requeueing it); so does Ctrl-C.
+DISK_FULL_WAY_ON = (
+    "re-run the same command: it continues from the last checkpoint (train.keep_checkpoints=1 or "
+    "train.checkpoint_every=0 write less); or put the run on a bigger disk (hydra.run.dir=...)"
+)
+
 INTERRUPTED = (
     "interrupted ({err}): preempted, timed out or stopped; a requeued job, or a rerun with resume=true, "
     "continues from the last checkpoint"
@@ -106,7 +111,7 @@ class Run:
                 chosen = folder.plan(self.run_dir, cfg)  # again, under the lock: what the folder holds now
                 if chosen.action == "skip":
                     log.warning("%s (overwrite=true to redo it)", chosen.note)
-                    return chosen.metrics
+                    return {**chosen.metrics, "run_dir": str(self.run_dir)}  # a moved folder: where it is now
                 if chosen.action == "score":
                     return self._score_only(chosen)
                 device = resolve_device(cfg.device)
@@ -135,7 +140,7 @@ class Run:
         from eval.score import score_run
 
         log.info("%s", chosen.note)
-        self.metrics = dict(chosen.metrics)
+        self.metrics = {**chosen.metrics, "run_dir": str(self.run_dir)}
         self.write_metrics(scores=score_run(self.run_dir, self.cfg.eval))
         return self.metrics
 
@@ -180,15 +185,32 @@ class Run:
             log.warning("%s: interrupted by %s; re-run the same command to continue", self.run_dir, name)
             raise
         except BaseException as err:
-            message = OOM_HINT if isinstance(err, torch.cuda.OutOfMemoryError) else f"{type(err).__name__}: {err}"
-            self.write_metrics(status="failed", error=message, failed_at=time.time())
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                message = OOM_HINT
+            elif is_disk_full(err):
+                message = disk_full_message(self.run_dir, err, DISK_FULL_WAY_ON)
+            else:
+                message = f"{type(err).__name__}: {err}"
+            self._record_failure(message)
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise RuntimeError(f"{self.run_dir}: {OOM_HINT}") from err
+            if is_disk_full(err):
+                raise DiskFull(message) from err
             raise
         finally:
             if logger is not None:
                 logger.finish(exit_code)  # the W&B run ends as failed (exit code 1) on any error
         return self.metrics
+
+    def _record_failure(self, message: str) -> None:
+        """`status: failed` with the error; a disk too full even for metrics.json is said, not raised over the
+        error that stopped the run."""
+        try:
+            self.write_metrics(status="failed", error=message, failed_at=time.time())
+        except OSError as err:
+            log.error(
+                "%s: could not record the failure in metrics.json (%s); it still says running", self.run_dir, err
+            )
 
     def _pipeline(self, pipe, photos, logger) -> None:
         cfg = self.cfg
