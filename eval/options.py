@@ -6,11 +6,27 @@ the schema and accepts anything with those attributes: the Hydra node, a plain d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from importlib.metadata import entry_points
 from typing import Any
 
 RANDOM_BANNER = "random backbones: not comparable with any paper"
+# Scoring protocols beyond DreamBench's are registered by packages under this entry-point group (eval.protocols)
+ENTRY_POINT_GROUP = "para.scorers"
+BUILTIN_MODES = ("pretrained", "random")
+
+
+@functools.cache
+def registered_protocols() -> dict[str, Any]:
+    """The entry points of the registered scoring protocols, by name (not loaded)."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def backbone_modes() -> tuple[str, ...]:
+    """Every accepted `eval.backbones` value."""
+    return (*BUILTIN_MODES, *sorted(registered_protocols()))
 
 
 @dataclass(frozen=True)
@@ -30,8 +46,6 @@ class EvalOptions:
     lpips_size: int = 512  # side of the square both images are brought to before LPIPS
 
     def __post_init__(self) -> None:
-        from eval.protocols import backbone_modes
-
         if self.backbones not in backbone_modes():
             raise ValueError(
                 f"eval.backbones={self.backbones!r} is out of range; expected one of {list(backbone_modes())}"

@@ -15,11 +15,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
-ENTRY_POINT_GROUP = "para.scorers"
-BUILTIN_MODES = ("pretrained", "random")
+from eval.options import ENTRY_POINT_GROUP, backbone_modes, registered_protocols
 
 
 @dataclass(frozen=True)
@@ -39,27 +37,9 @@ class Protocol:
     real_reference: Callable[..., dict[str, float]] | None = None
 
 
-@functools.cache
-def _plugins() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def plugin_names() -> tuple[str, ...]:
-    return tuple(sorted(_plugins()))
-
-
-def backbone_modes() -> tuple[str, ...]:
-    """Every accepted `eval.backbones` value."""
-    return (*BUILTIN_MODES, *plugin_names())
-
-
-def protocol_named(name: str | None) -> Protocol:
-    """The protocol of a `scores.protocol` value (None and "dreambench": DreamBench) or an `eval.backbones` mode."""
-    if name in (None, "dreambench", *BUILTIN_MODES):
-        from eval.score import DREAMBENCH
-
-        return DREAMBENCH
-    plugins = _plugins()
+def load_protocol(name: str) -> Protocol:
+    """A registered protocol (`eval.options.registered_protocols`), loaded; an unknown name is refused."""
+    plugins = registered_protocols()
     if name not in plugins:
         raise ValueError(
             f"eval.backbones={name!r}: no such scoring protocol; expected one of {list(backbone_modes())} "
@@ -71,7 +51,7 @@ def protocol_named(name: str | None) -> Protocol:
 
 @functools.cache
 def _load(name: str) -> Protocol:
-    protocol = _plugins()[name].load()
+    protocol = registered_protocols()[name].load()
     if not isinstance(protocol, Protocol):
         raise TypeError(f"entry point {name!r} of {ENTRY_POINT_GROUP} is {type(protocol).__name__}, not a Protocol")
     return protocol

@@ -30,8 +30,8 @@ from torch import Tensor
 from eval import metrics
 from eval.backbones import Backbones, load_backbones
 from eval.clip_score import ClipScorer, clip_score_of, load_clip_score
-from eval.options import EvalOptions
-from eval.protocols import Protocol, protocol_named
+from eval.options import BUILTIN_MODES, EvalOptions
+from eval.protocols import Protocol, load_protocol
 from para.core.data import load_rgb, subject_photos
 from para.core.io import atomic_save_safetensors
 
@@ -344,3 +344,8 @@ DREAMBENCH = Protocol(
     lower_is_better=frozenset({"lpips"}),
     real_reference=_real_reference,
 )
+
+
+def protocol_named(name: str | None) -> Protocol:
+    """The protocol of a `scores.protocol` value (None and "dreambench": DreamBench) or an `eval.backbones` mode."""
+    return DREAMBENCH if name in (None, "dreambench", *BUILTIN_MODES) else load_protocol(name)

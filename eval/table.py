@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 
 from eval.options import RANDOM_BANNER, EvalOptions
-from eval.protocols import Protocol, protocol_named
-from eval.score import DREAMBENCH
+from eval.protocols import Protocol
+from eval.score import DREAMBENCH, protocol_named
 from eval.stats import paired_difference, subject_means, summarize
 from para.core.io import atomic_write_bytes, atomic_write_text
 

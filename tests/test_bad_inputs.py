@@ -120,7 +120,7 @@ def test_every_numeric_setting_refuses_exactly_its_out_of_range_values(base_conf
 
     from omegaconf import OmegaConf
 
-    from para.run.config import RANGES, config_problems
+    from para.run.config import RANGES, config_problems, subject_prompt_count
 
     key = data.draw(st.sampled_from(sorted(k for k in RANGES if k != "method.lr")))
     kind = type(OmegaConf.select(base_config, key)) if OmegaConf.select(base_config, key) is not None else int
@@ -130,7 +130,11 @@ def test_every_numeric_setting_refuses_exactly_its_out_of_range_values(base_conf
     problems = [p for p in config_problems(cfg) if p.startswith(f"{key}=")]
     ok, allowed = RANGES[key]
     finite = not isinstance(value, float) or math.isfinite(value) or key == "lock_wait"
-    assert bool(problems) == (not (ok(value) and finite)), (key, value, problems)
+    in_range = ok(value) and finite
+    if in_range and key == "sample.num_prompts":  # also bounded by the subject's prompt list (dog: 25)
+        in_range = value <= subject_prompt_count(cfg.subject)
+        allowed = "(the evaluation prompts of subject dog)" if not in_range else allowed
+    assert bool(problems) == (not in_range), (key, value, problems)
     assert all(allowed in p for p in problems)
 
 

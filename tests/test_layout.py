@@ -9,6 +9,9 @@ Floors, bottom to top:
             public API, which uploads model cards)
   top       experiments/, para.bench, run.py, para/__init__.py (exposes para.api lazily), the entry point
             `python -m para.export` (para/export/__main__.py)
+  world     world/ (docs/world.md), in a room of its own: it may use the harness's pieces, but nothing of the
+            harness imports it (the harness meets it only as a model folder, subject configs and a scoring
+            protocol registered under an entry point)
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("para", "baselines", "eval", "experiments")
-METHOD_MODULES = {"para.function", "para.layers", "para.layerwise", "para.adapter", "para.combine"}
+PACKAGES = ("para", "baselines", "eval", "experiments", "world")
+METHOD_MODULES = {"para.function", "para.layers", "para.layerwise", "para.adapter", "para.combine", "para.batched_qr"}
 ENTRY_POINTS = {"run", "para", "para.export.__main__"}  # command lines and the lazy public API
 TRAINING = ("para.core.trainer", "para.core.checkpoint", "para.core.conditioning")
 
@@ -57,6 +60,8 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
 
 
 def floor(module: str) -> str:
+    if module.startswith("world"):
+        return "world"
     if module in ENTRY_POINTS or module.startswith(("experiments", "para.bench")):
         return "top"
     if module.startswith("para.run") or module == "para.api":
@@ -78,6 +83,7 @@ ALLOWED = {  # which floors a floor may import
     "methods": {"core", "methods"},
     "run": {"core", "eval", "methods", "run"},
     "top": {"core", "eval", "methods", "run", "top"},
+    "world": {"core", "eval", "methods", "run", "world"},  # and no floor but its own imports it
 }
 
 

@@ -22,7 +22,8 @@ from world.render import (
     subject_photo_scenes,
 )
 from world.scorer import parse_prompt
-from world.subjects import evaluation_templates, subject_yaml
+from world.subject_configs import subject_yaml
+from world.subjects import evaluation_templates
 
 
 def test_renders_are_a_pure_function_of_the_seed():
@@ -106,14 +107,14 @@ def test_model_world_composes_with_a_world_subject_and_the_world_protocol():
     cfg = compose_config("model=world", "subject=sun_disc", "method=lora")
     assert cfg.model.kind == "pretrained" and cfg.model.path == "world/assets/model"
     assert cfg.eval.backbones == "world" and cfg.sample.steps == 20
-    assert cfg.data.root == "world/assets/subjects" and cfg.data.flip_p == 0.0
+    assert cfg.data.root == "world/assets/subjects" and cfg.subject.flip is False  # never mirrored
     assert cfg.subject.prompts == evaluation_templates("sun_disc")
     assert cfg.run_dir.startswith("runs/world/lora/sun_disc/")
 
 
 def test_the_world_protocol_is_found_through_its_entry_point():
-    from eval.options import EvalOptions
-    from eval.protocols import backbone_modes, protocol_named
+    from eval.options import EvalOptions, backbone_modes
+    from eval.score import protocol_named
 
     assert "world" in backbone_modes()
     protocol = protocol_named("world")

@@ -1,4 +1,4 @@
-"""Put the world together from its stages (world.build), measure the gate, and install it if it passes."""
+"""Put the world together from its stages (world.stages), measure the gate, and install it if it passes."""
 
 from __future__ import annotations
 
@@ -14,11 +14,23 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from world.build import ASSETS, CACHE, ROOT, WorldSettings, build_evaluator, build_pipeline, build_vae, stage_digest
 from world.evaluator import Evaluator
 from world.gate import caption_fidelity, read_attributes, sample_images
 from world.render import SUBJECTS
-from world.subjects import evaluation_templates, write_configs, write_photos
+from world.stages import (
+    ASSETS,
+    CACHE,
+    ROOT,
+    WorldSettings,
+    build_evaluator,
+    build_pipeline,
+    build_vae,
+    cached,
+    evaluator_digest,
+    world_digest,
+)
+from world.subject_configs import write_configs
+from world.subjects import evaluation_templates, write_photos
 
 log = logging.getLogger("world")
 GATE = {"evaluator_accuracy": 0.99, "base_identity": 0.05, "caption_fidelity": 0.8}
@@ -85,7 +97,7 @@ def sheet(images: torch.Tensor, path: Path, per_row: int = 16) -> None:
 
 
 def assemble(s: WorldSettings, out: Path, force: bool) -> int:
-    digest = stage_digest("world", asdict(s))
+    digest = world_digest(s)
     build_file = out / "build.json"
     if not force and build_file.is_file() and json.loads(build_file.read_text()).get("digest") == digest:
         log.info("world: %s is up to date (digest %s); --force rebuilds it", out, digest)
@@ -95,16 +107,17 @@ def assemble(s: WorldSettings, out: Path, force: bool) -> int:
     staging = CACHE / f"staging-{digest}"
     shutil.rmtree(staging, ignore_errors=True)  # our own scratch folder
     log.info("world: [1/4] VAE")
-    vae, vae_digest, vae_info = build_vae(s)
+    vae, _, vae_info = build_vae(s)
     log.info("world: [2/4] evaluator (in a process of its own) and pretraining, side by side")
     # Small convolutions scale poorly over threads: two one-thread processes do more than one two-thread one.
-    child = _start_evaluator(s)
-    torch.set_num_threads(max(1, s.threads - 1))
-    pipe, _, pretrain_info = build_pipeline(s, vae, vae_digest, staging / "tokenizer")
-    child.join()
-    if child.exitcode != 0:
-        raise RuntimeError(f"the evaluator's process failed (exit code {child.exitcode}); see its output above")
-    evaluator, _, evaluator_info = build_evaluator(s, vae, vae_digest)  # now from the cache
+    child = None if cached("evaluator", evaluator_digest(s)).is_file() else _start_evaluator(s)
+    torch.set_num_threads(s.threads if child is None else max(1, s.threads - 1))
+    pipe, _, pretrain_info = build_pipeline(s, vae, staging / "tokenizer")
+    if child is not None:
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"the evaluator's process failed (exit code {child.exitcode}); see its output above")
+    evaluator, _, evaluator_info = build_evaluator(s, vae)  # now from the cache
     torch.set_num_threads(s.threads)
     log.info("world: [3/4] writing the model, the evaluator and the subjects")
     write_world(staging, pipe, evaluator, s)
@@ -145,8 +158,8 @@ def assemble(s: WorldSettings, out: Path, force: bool) -> int:
 
 def _evaluator_stage(s: WorldSettings) -> None:
     torch.set_num_threads(1)
-    vae, vae_digest, _ = build_vae(s)  # from the cache the parent filled
-    build_evaluator(s, vae, vae_digest)
+    vae, _, _ = build_vae(s)  # from the cache the parent filled
+    build_evaluator(s, vae)
 
 
 def _start_evaluator(s: WorldSettings):

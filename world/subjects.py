@@ -46,36 +46,3 @@ def evaluation_templates(name: str) -> list[str]:
     ]
     prompts += [f"a photo of a {{cls}} on a {bg} background" for bg in BACKGROUNDS]  # leak: no identifier
     return prompts
-
-
-def subject_yaml(name: str, photos_root: str) -> str:
-    subject = SUBJECTS[name]
-    lines = [
-        "# @package _global_",
-        f"# World subject '{name}': {subject.description} (world/render.py). Written by `make world`; never",
-        "# seen in the world model's pretraining. Photos and prompts: docs/world.md.",
-        "defaults:",
-        "  - /subject/subject_schema@subject",
-        "  - _self_",
-        "",
-        "subject:",
-        f"  name: {name}",
-        f"  class_word: {subject.class_word}",
-        f"  kind: {subject.kind}",
-        "  prompts:",
-        *[f'    - "{p}"' for p in evaluation_templates(name)],
-        "data:",
-        f"  root: {photos_root}",
-        "  flip_p: 0.0  # the patterns are not mirror-symmetric",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def write_configs(conf_dir: Path, photos_root: str) -> list[Path]:
-    written = []
-    for name in sorted(SUBJECTS):
-        path = conf_dir / f"{name}.yaml"
-        path.write_text(subject_yaml(name, photos_root))
-        written.append(path)
-    return written

@@ -107,6 +107,17 @@ def forget() -> None:
         cached.cache_clear()
 
 
+def _is_repo_id(path: str) -> bool:
+    """Whether `path` can name a hub repository (`owner/name`): `world/assets/model` cannot, it is a folder."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return False
+    return True
+
+
 @functools.cache  # a table's cells share their base model: look (and probe the hub) once
 def weights_problem(path: str, revision: str | None = None) -> str | None:
     """Why the weights at `path` (a local file or folder, or a hub id) cannot be loaded here, or None."""
@@ -118,7 +129,7 @@ def weights_problem(path: str, revision: str | None = None) -> str | None:
         return f"{path}: .ckpt files are pickles and are not loaded; convert to .safetensors first"
     if local.exists():
         return None
-    if path.endswith(".safetensors") or path.startswith(("/", ".", "~")):
+    if path.endswith(".safetensors") or path.startswith(("/", ".", "~")) or not _is_repo_id(path):
         return missing_weights_message(path, [f"{path}: no such file or folder"])
     from huggingface_hub import try_to_load_from_cache
 
@@ -170,7 +181,7 @@ def _photo_problems(root: str, subject: str, min_side: int) -> tuple[str, ...]:
 
 @functools.cache
 def _missing_backbones(opts: Any) -> tuple[str, ...]:
-    from eval.protocols import protocol_named
+    from eval.score import protocol_named
 
     return tuple(protocol_named(opts.backbones).missing(opts))
 

@@ -325,11 +325,11 @@ def config_problems(cfg: DictConfig) -> list[str]:
         value = OmegaConf.select(cfg, key)
         check(value in choices, key, value, f"one of {sorted(choices)}")
     check(cfg.method.name in METHODS, "method.name", cfg.method.name, f"one of {sorted(METHODS)}")
-    n_prompts = _prompt_count(cfg.subject)
+    n_prompts = subject_prompt_count(cfg.subject)
     if n_prompts and cfg.sample.num_prompts is not None and cfg.sample.num_prompts > 0:
         allowed = f"null (all) or 1..{n_prompts} (the evaluation prompts of subject {cfg.subject.name})"
         check(cfg.sample.num_prompts <= n_prompts, "sample.num_prompts", cfg.sample.num_prompts, allowed)
-    from eval.protocols import backbone_modes  # registered scoring protocols count too (eval.protocols)
+    from eval.options import backbone_modes  # registered scoring protocols count too (eval.protocols)
 
     check(cfg.eval.backbones in backbone_modes(), "eval.backbones", cfg.eval.backbones, str(list(backbone_modes())))
     if cfg.train.compile:
@@ -350,7 +350,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _prompt_count(subject: DictConfig) -> int | None:
+def subject_prompt_count(subject: DictConfig) -> int | None:
     """How many evaluation prompts the subject has (its own list, or DreamBench's for its kind)."""
     from para.core.prompts import PROMPT_LISTS
 

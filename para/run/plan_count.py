@@ -354,17 +354,18 @@ def forget() -> None:
     _MEMORY.clear()
 
 
-def _cached(setting: Setting, part: str, cls: type, cache_dir: str | None, compute):
-    """`compute()` once per setting and part: in this process, in `cache_dir/<key>.json` across processes, and
-    not at all for the settings shipped with the package (para.run.plan_shipped)."""
-    key = setting.key(part)
+def _cached(key: str, cls: type, cache_dir: str | None, compute, shipped_key: str | None = None):
+    """`compute()` once per key: in this process, in `cache_dir/<key>.json` across processes, and not at all for
+    the counts shipped with the package under `shipped_key` (para.run.plan_shipped)."""
     if key not in _MEMORY:
-        _MEMORY[key] = _stored(key, cls, cache_dir) or plan_shipped.lookup(setting.shipped_key(part), cls)
+        shipped = plan_shipped.lookup(shipped_key, cls) if shipped_key else None
+        _MEMORY[key] = _stored(key, cls, cache_dir) or shipped
     if _MEMORY[key] is None:
         _MEMORY[key] = compute()
         if cache_dir:
             atomic_write_json(Path(cache_dir) / f"{key}.json", dataclasses.asdict(_MEMORY[key]))
-    plan_shipped.record(setting.shipped_key(part), _MEMORY[key])
+    if shipped_key:
+        plan_shipped.record(shipped_key, _MEMORY[key])
     return _MEMORY[key]
 
 
@@ -379,6 +380,14 @@ def _stored(key: str, cls: type, cache_dir: str | None):
 
 
 def cached_counts(setting: Setting, cfg, cache_dir: str | None) -> tuple[TrainCounts, SampleCounts]:
-    train = _cached(setting, "train", TrainCounts, cache_dir, lambda: count_training(setting, cfg))
-    sample = _cached(setting, "sample", SampleCounts, cache_dir, lambda: count_sampling(setting))
+    train = _cached(
+        setting.key("train"),
+        TrainCounts,
+        cache_dir,
+        lambda: count_training(setting, cfg),
+        setting.shipped_key("train"),
+    )
+    sample = _cached(
+        setting.key("sample"), SampleCounts, cache_dir, lambda: count_sampling(setting), setting.shipped_key("sample")
+    )
     return train, sample

@@ -89,8 +89,12 @@ def cached_eval_counts(eval_cfg, cache_dir: str | None) -> EvalCounts:
     """`count_eval` once per evaluation options (in this process and in `cache_dir`)."""
     from eval.options import EvalOptions
     from para.run.plan_count import _cached, _code_version
+    from para.run.plan_shipped import library_versions
 
     opts = EvalOptions.from_any(eval_cfg)
-    fields = {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("device", "backbones")}
-    key = hashlib.sha1((json.dumps(fields, sort_keys=True) + "eval" + _code_version()).encode()).hexdigest()[:16]
-    return _cached(key, EvalCounts, cache_dir, lambda: count_eval(opts))
+    fields = json.dumps({k: v for k, v in dataclasses.asdict(opts).items() if k not in ("device", "backbones")})
+
+    def key(version: str) -> str:
+        return hashlib.sha1((fields + "eval" + version).encode()).hexdigest()[:16]
+
+    return _cached(key(_code_version()), EvalCounts, cache_dir, lambda: count_eval(opts), key(library_versions()))

@@ -92,6 +92,9 @@ CASES = [
          "convert to .safetensors", "a pickled `.ckpt` checkpoint"),
     case("run-model-hub-offline", "run", "model=sdxl model.path=nobody/no-such-sdxl", 2,
          "not in the local Hugging Face cache", "model=tiny", "a hub id that is not cached, offline"),
+    case("run-model-folder-missing", "run", "model=world model.path=models/world/no-such-folder", 2,
+         ("models/world/no-such-folder", "no such file or folder"), "model=tiny",
+         "a relative model folder that does not exist (read as a hub id, it raised HFValidationError)"),
     # --- photos ---------------------------------------------------------------------------------------------
     case("photos-zero-byte", "run", "data.root={tmp}/data", 2, ("cannot read image", "02.jpg"),
          "move the file out of the subject folder", "an empty (0-byte) photo",

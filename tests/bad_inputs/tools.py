@@ -166,7 +166,8 @@ CASES = [
          "check its spelling", "a misspelt key (Hydra's hint said to add it with +)", absent=("+method.rnak",)),
     case("preflight-skip-unknown", "preflight", "model=tiny --skip photoz", 2, "unknown check(s) ['photoz']",
          "--skip", "`--skip` naming no check"),
-    case("preflight-rank-capped", "preflight", "model=sdxl method.rank=64 plan.check=false eval.backbones=random "
+    case("preflight-rank-capped", "preflight", "model=sdxl device=cpu method.rank=64 plan.check=false "
+         "eval.backbones=random "
          "hydra.run.dir={tmp}/run --skip weights", 0, "method.rank=64 is above γ's cap on every layer",
          "method.gamma=null",
          "a PaRa rank that γ caps on every SDXL layer: said, loudly"),
