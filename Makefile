@@ -10,11 +10,22 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 
 # Table 1 / experiment knobs (override on the command line)
 MODEL     ?= sdxl
-SUBJECTS  ?= $(notdir $(basename $(wildcard conf/subject/*.yaml)))
+LAUNCHER  ?= local
+# Subjects with a photo folder of their own set `data.root` in their config: the world's (docs/world.md). Table 1's
+# are the DreamBooth dataset's 30; MODEL=world runs the world's subjects, every method, 3 seeds, scored by the
+# world's exact evaluators.
+OWN_PHOTOS_SUBJECTS := $(notdir $(basename $(shell grep -l '^data:' conf/subject/*.yaml)))
+ifeq ($(MODEL),world)
+SUBJECTS  ?= $(OWN_PHOTOS_SUBJECTS)
+SEEDS     ?= 0 1 2
+METHODS   ?= para lora lora_attn dreambooth svdiff loha lokr oft para_authors
+BACKBONES ?= world
+else
+SUBJECTS  ?= $(filter-out $(OWN_PHOTOS_SUBJECTS),$(notdir $(basename $(wildcard conf/subject/*.yaml))))
 SEEDS     ?= 0
 METHODS   ?= para lora dreambooth
 BACKBONES ?= pretrained
-LAUNCHER  ?= local
+endif
 
 .PHONY: help
 help: ## list the targets
@@ -100,6 +111,10 @@ WORLD_ARGS ?=
 world: $(STAMP) ## build the synthetic world (model, evaluators, subjects) from seeds and check its gate → world/assets/
 	$(PY) -m world.build $(WORLD_ARGS)
 
+.PHONY: world-calibrate
+world-calibrate: $(STAMP) ## PaRa's, LoRA's and DreamBooth's lr, rank, γ, init and steps in the world, through the harness → runs/world/calibration/, docs/world.md
+	$(PY) -m world.calibrate $(CALIBRATE_ARGS)
+
 .PHONY: mutation-check
 mutation-check: $(STAMP) ## each planted harness bug (tests/mutations.py) vs the random-weight suite and the world's known answers → docs/world.md
 	$(PY) scripts/mutation_check.py
@@ -115,6 +130,12 @@ ifeq ($(MODEL),sdxl)
 PARA_STEPS     ?= 200
 BASELINE_STEPS ?= 1000
 TABLE1_ARGS    ?=
+else ifeq ($(MODEL),world)
+# The world's step counts: where each method's subject identity saturates (docs/world.md "Calibration"); the
+# world's sampler and learning rates are its own (conf/model/world.yaml, conf/model_method/world_*.yaml).
+PARA_STEPS     ?= WORLD_PARA_STEPS
+BASELINE_STEPS ?= WORLD_BASELINE_STEPS
+TABLE1_ARGS    ?= WORLD_TABLE1_ARGS
 else
 PARA_STEPS     ?= 20
 BASELINE_STEPS ?= 100

@@ -288,6 +288,13 @@ def build(
     )
     by_kind = summarize(subjects.dropna(subset=["kind"]), columns, ["method", "kind"])
     paired = paired_difference(subjects, pair[0], pair[1], scores + COSTS[1:])
+    # the first method of the pair against every other row, paired by subject (table1_paired_all.csv)
+    others = [m for m in methods if m != pair[0] and m in set(subjects["method"])]
+    paired_all = pd.concat(
+        [paired_difference(subjects, pair[0], m, scores + COSTS[1:]).assign(a=pair[0], b=m) for m in others]
+        or [pd.DataFrame(columns=["metric", "diff", "diff_lo", "diff_hi", "n_subjects", "a", "b"])],
+        ignore_index=True,
+    )
 
     real_table, real_note = None, ""
     if real and protocol.real_reference is not None:
@@ -306,6 +313,7 @@ def build(
     atomic_write_text(out / "table1.csv", full.round(6).to_csv(index=False))  # 6 decimals: no float noise in diffs
     atomic_write_text(out / "table1_by_kind.csv", by_kind.round(6).to_csv(index=False))
     atomic_write_text(out / "table1_paired.csv", paired.round(6).to_csv(index=False))
+    atomic_write_text(out / "table1_paired_all.csv", paired_all.round(6).to_csv(index=False))
     atomic_write_text(out / "table1_runs.csv", runs.drop(columns=["eval"]).to_csv(index=False))
     atomic_write_text(out / "failed_cells.csv", failed.to_csv(index=False))
     plot_tradeoff(table, real_table, out / "tradeoff.png", banner, protocol)
@@ -316,6 +324,7 @@ def build(
         "table": full,
         "by_kind": by_kind,
         "paired": paired,
+        "paired_all": paired_all,
         "failed": failed,
         "markdown": md,
         "banner": banner,

@@ -61,7 +61,10 @@ def measure_gate(pipe, evaluator: Evaluator, evaluator_info: dict, s: WorldSetti
         **{f"vae/{k}": v for k, v in evaluator_info["held_out_accuracy_vae"].items()},
     }
     checks = {
-        "evaluator_accuracy": min(accuracy.values()) >= GATE["evaluator_accuracy"],
+        # the issue's gate: held-out renders, augmented; through the VAE (what the evaluator sees of a perfect
+        # generation: the round trip blurs the subjects' patterns) is reported beside, not gated
+        "evaluator_accuracy": min(v for k, v in accuracy.items() if k.startswith("renders/"))
+        >= GATE["evaluator_accuracy"],
         "base_identity": max(identity.values()) <= GATE["base_identity"],
         "caption_fidelity": min(v["share"] for v in fidelity.values()) >= GATE["caption_fidelity"],
     }

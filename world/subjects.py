@@ -44,5 +44,6 @@ def evaluation_templates(name: str) -> list[str]:
         f"a photo of a {colours[(k + 1) % 4]} {other[1]} on the left and {{token}} {{cls}} on the right "
         "on a black background",
     ]
-    prompts += [f"a photo of a {{cls}} on a {bg} background" for bg in BACKGROUNDS]  # leak: no identifier
-    return prompts
+    leak = [f"a photo of a {{cls}} on a {bg} background" for bg in BACKGROUNDS]  # no identifier
+    # one leak prompt after every four of the subject's, so that `sample.num_prompts=5` (or 10) measures both
+    return [p for i in range(0, len(prompts), 4) for p in (*prompts[i : i + 4], *leak[i // 4 : i // 4 + 1])]

@@ -1,0 +1,138 @@
+"""The paper's claims against the world's numbers (`python -m world.claims`): one row per claim, with the world's
+figure, its 95 % interval and a verdict — holds, does not hold, or inconclusive (the interval straddles zero) — or
+"not measured" when the experiment behind it has not been run in the world. Reads the world's Table 1
+(runs/world/table1/, `make reproduce-table1 MODEL=world`) and calibration (runs/world/calibration/,
+`make world-calibrate`); writes runs/world/claims.md and docs/world.md ("The paper's claims in the world").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE1 = ROOT / "runs" / "world" / "table1"
+CALIBRATION = ROOT / "runs" / "world" / "calibration"
+
+
+def verdict(lo: float, hi: float, better: str) -> str:
+    """`better` = "higher" or "lower": whether the claim wants the difference above or below zero."""
+    if pd.isna(lo) or pd.isna(hi):
+        return "inconclusive (no interval)"
+    above, below = lo > 0, hi < 0
+    if (above and better == "higher") or (below and better == "lower"):
+        return "**holds**"
+    if above or below:
+        return "**does not hold**"
+    return "inconclusive (the interval includes 0)"
+
+
+def paired_row(paired: pd.DataFrame, claim: str, other: str, metric: str, better: str) -> dict | None:
+    rows = paired[(paired["b"] == other) & (paired["metric"] == metric)]
+    if rows.empty:
+        return None
+    r = rows.iloc[0]
+    return {
+        "claim": claim,
+        "world's figure": f"PaRa − {other}, {metric.replace('_', ' ')}: {r['diff']:+.3f}",
+        "95 % interval": f"[{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}] ({int(r['n_subjects'])} subjects)",
+        "verdict": verdict(r["diff_lo"], r["diff_hi"], better),
+    }
+
+
+def table1_claims(folder: Path) -> list[dict]:
+    paired_file, table_file = folder / "table1_paired_all.csv", folder / "table1.csv"
+    if not paired_file.is_file():
+        return []
+    paired, table = pd.read_csv(paired_file), pd.read_csv(table_file).set_index("method")
+    rows = []
+    if {"para", "lora"} <= set(table.index):
+        params = table.loc["para", "trainable_params"], table.loc["lora", "trainable_params"]
+        row = paired_row(paired, "PaRa learns the subject as well as LoRA ...", "lora", "subject_identity", "higher")
+        if row:
+            # "as well as": not significantly below; the parameter count is the second half of the claim
+            row["verdict"] = row["verdict"].replace("inconclusive (the interval includes 0)", "**holds** (no worse)")
+            rows.append(row)
+        rows.append(
+            {
+                "claim": "... with fewer trainable parameters",
+                "world's figure": f"PaRa {params[0]:,.0f} vs LoRA {params[1]:,.0f} parameters",
+                "95 % interval": "exact (counted)",
+                "verdict": "**holds**" if params[0] < params[1] else "**does not hold**",
+            }
+        )
+    for other in ("lora", "lora_attn", "dreambooth"):
+        for metric, better, claim in (
+            ("prompt_fidelity", "higher", f"PaRa keeps prompt fidelity better than {other}"),
+            ("leak", "lower", f"PaRa leaks the subject into its class less than {other}"),
+        ):
+            row = paired_row(paired, claim, other, metric, better)
+            if row:
+                rows.append(row)
+    return rows
+
+
+def rank_claim(folder: Path) -> list[dict]:
+    path = folder / "calibration.csv"
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path)
+    rows = table[table["sweep"] == "para_rank"].sort_values("value")
+    if len(rows) < 2:
+        return []
+    low, high = rows.iloc[0], rows.iloc[-1]
+    identity, fidelity = (
+        high["subject_identity"] - low["subject_identity"],
+        low["prompt_fidelity"] - high["prompt_fidelity"],
+    )
+    holds = identity > 0 and fidelity > 0
+    return [
+        {
+            "claim": "A lower PaRa rank trades subject fidelity for prompt fidelity (diversity)",
+            "world's figure": (
+                f"rank {low['value']} → {high['value']}: identity {low['subject_identity']:.3f} → "
+                f"{high['subject_identity']:.3f}, prompt fidelity {low['prompt_fidelity']:.3f} → "
+                f"{high['prompt_fidelity']:.3f}"
+            ),
+            "95 % interval": "none (2 subjects, 1 seed: a direction, not a test)",
+            "verdict": "direction as claimed" if holds else "direction not as claimed",
+        }
+    ]
+
+
+NOT_RUN = [
+    "Combined PaRa adapters show both subjects where combined LoRAs do not",
+    "PaRa + an existing LoRA keeps both the subject and the LoRA's change",
+]
+
+
+def claims(table1: Path = TABLE1, calibration: Path = CALIBRATION) -> pd.DataFrame:
+    rows = [*table1_claims(table1), *rank_claim(calibration)]
+    rows += [
+        {"claim": c, "world's figure": "–", "95 % interval": "–", "verdict": "not measured in the world yet"}
+        for c in NOT_RUN
+    ]
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m world.claims", description=__doc__.splitlines()[0])
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/world.md's section")
+    args = parser.parse_args(argv)
+    text = claims().to_markdown(index=False)
+    out = ROOT / "runs" / "world" / "claims.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# The paper's claims in THE WORLD (not SDXL's, not the paper's numbers)\n\n" + text + "\n")
+    print(text)
+    if not args.no_docs:
+        from world.report import DOC, replace_section
+
+        DOC.write_text(replace_section(DOC.read_text(), "claims", text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
