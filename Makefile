@@ -133,9 +133,9 @@ TABLE1_ARGS    ?=
 else ifeq ($(MODEL),world)
 # The world's step counts: where each method's subject identity saturates (docs/world.md "Calibration"); the
 # world's sampler and learning rates are its own (conf/model/world.yaml, conf/model_method/world_*.yaml).
-PARA_STEPS     ?= WORLD_PARA_STEPS
-BASELINE_STEPS ?= WORLD_BASELINE_STEPS
-TABLE1_ARGS    ?= WORLD_TABLE1_ARGS
+PARA_STEPS     ?= 800
+BASELINE_STEPS ?= 800
+TABLE1_ARGS    ?= sample.images_per_prompt=2
 else
 PARA_STEPS     ?= 20
 BASELINE_STEPS ?= 100

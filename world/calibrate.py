@@ -52,18 +52,19 @@ class Sweep:
 SWEEPS = {
     s.name: s
     for s in (
-        Sweep("dreambooth_steps", "dreambooth", "steps", (25, 50, 100, 200, 400)),
-        Sweep("dreambooth_lr", "dreambooth", "method.lr", (5e-5, 1e-4, 2e-4, 5e-4), ("steps=100",)),
-        Sweep("dreambooth_prior", "dreambooth", "train.prior_loss_weight", (0.0, 1.0), ("steps=100",)),
-        Sweep("lora_steps", "lora", "steps", (50, 100, 200, 400)),
-        Sweep("lora_lr", "lora", "method.lr", (3e-4, 1e-3, 3e-3), ("steps=200",)),
-        Sweep("lora_rank", "lora", "method.rank", (2, 4, 8, 16), ("steps=200",)),
-        Sweep("para_steps", "para", "steps", (50, 100, 200, 400)),
-        Sweep("para_lr", "para", "method.lr", (1e-3, 3e-3, 1e-2), ("steps=200",)),
-        Sweep("para_rank", "para", "method.rank", (2, 4, 8, 16), ("steps=200", "method.gamma=null")),
-        Sweep("para_gamma", "para", "method.gamma", (0.025, 0.1, 0.25, "null"), ("steps=200", "method.rank=8")),
-        Sweep("para_init", "para", "method.init", ("gaussian", "weakest"), ("steps=200",)),
-        Sweep("para_subset", "para", "method.subset", ("noxattn", "full", "attn"), ("steps=200",)),
+        # around the world's defaults (conf/model_method/world_*.yaml): DreamBooth lr 2e-4, LoRA lr 5e-4 at α = 2.2,
+        # PaRa rank 16 with γ off, lr 1e-3; 800 steps each
+        Sweep("dreambooth_steps", "dreambooth", "steps", (100, 200, 400, 800)),
+        Sweep("dreambooth_lr", "dreambooth", "method.lr", (5e-5, 1e-4, 2e-4, 5e-4), ("steps=400",)),
+        Sweep("dreambooth_prior", "dreambooth", "train.prior_loss_weight", (0.0, 1.0), ("steps=400",)),
+        Sweep("lora_steps", "lora", "steps", (200, 400, 800)),
+        Sweep("lora_lr", "lora", "method.lr", (2.5e-4, 5e-4, 1e-3, 2e-3)),
+        Sweep("lora_scale", "lora", "method.scale", (1.0, 2.2)),
+        Sweep("para_steps", "para", "steps", (200, 400, 800)),
+        Sweep("para_lr", "para", "method.lr", (3e-4, 1e-3, 3e-3)),
+        Sweep("para_rank", "para", "method.rank", (2, 4, 8, 16)),
+        Sweep("para_gamma", "para", "method.gamma", (0.025, 0.1, 0.25, "null")),
+        Sweep("para_init", "para", "method.init", ("gaussian", "weakest")),
     )
 }
 
