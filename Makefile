@@ -117,7 +117,7 @@ world-calibrate: $(STAMP) ## PaRa's, LoRA's and DreamBooth's lr, rank, γ, init 
 
 .PHONY: mutation-check
 mutation-check: $(STAMP) ## each planted harness bug (tests/mutations.py) vs the random-weight suite and the world's known answers → docs/world.md
-	$(PY) scripts/mutation_check.py
+	$(PY) scripts/mutation_check.py $(MUTATION_ARGS)
 
 .PHONY: clean-tiny
 clean-tiny: ## remove the tiny-model runs (runs/tiny)
@@ -149,6 +149,8 @@ TABLE1_OUT ?= runs/$(if $(filter sdxl,$(MODEL)),,$(MODEL)/)table1
 # (hydra_plugins/para_launcher; `make -j` never puts two cells on one card); slurm: one SLURM job per cell with one
 # GPU (SLURM_ARGS). MODEL=tiny/small cells need no GPU: no card, and hydra/launcher=slurm_cpu (one CPU, 4 GB each).
 SLURM_ARGS ?=
+# LAUNCHER=local's worker processes: 1 for a GPU (one base on the card); MODEL=world uses every core
+WORKERS ?= $(if $(filter world,$(MODEL)),$(shell nproc 2>/dev/null || echo 1),1)
 LAUNCH_ARGS_local     :=
 LAUNCH_ARGS_processes := -m hydra/launcher=processes
 LAUNCH_ARGS_slurm     := -m hydra/launcher=$(if $(filter sdxl,$(MODEL)),slurm,slurm_cpu) $(SLURM_ARGS)
@@ -178,7 +180,7 @@ FORCE:
 ifeq ($(LAUNCHER),local)
 # One worker for every unfinished cell (the per-cell targets above still run a single cell: `make <its metrics.json>`)
 table1-cells:
-	$(if $(UNFINISHED),$(PY) -m para.run.worker $(TABLE1_COMMON) resume=true \
+	$(if $(UNFINISHED),$(PY) -m para.run.worker --processes $(WORKERS) $(TABLE1_COMMON) resume=true \
 	  $(foreach f,$(UNFINISHED),--cell "$(CELL_ARGS_$(f))"),@echo "every Table 1 cell is finished")
 else
 table1-cells: $(TABLE1_CELLS)
@@ -199,6 +201,7 @@ reproduce-table1: $(STAMP) preflight-table1 ## Table 1: the checks, the plan (re
 	$(PY) -m para.run.plan --check --model $(MODEL) --methods $(METHODS) --out $(TABLE1_OUT)/plan $(TABLE1_ARGS)
 	$(MAKE) -k table1-cells; status=$$?; \
 	$(if $(DRY_RUN),,$(PY) -m eval.table --cells $(TABLE1_CELLS) --out $(TABLE1_OUT) --methods $(METHODS) &&) \
+	$(if $(DRY_RUN),,$(if $(filter world,$(MODEL)),$(PY) -m world.claims &&)) \
 	exit $$status
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Table 1 from run folders: `python -m eval.table --runs runs/table1 --out runs/table1 [--methods para lora]`.
 
 Collects every `metrics.json` under `--runs`, averages each (method, subject) cell over seeds, then reports
-per method the mean over subjects with a 95% bootstrap interval over subjects (`eval.stats`), a live/object
+per method the mean over subjects with a 95% BCa bootstrap interval over subjects (`eval.stats`), a live/object
 split, the paired difference of two methods, a real-images reference row, the failed or missing cells, and a
 text-alignment vs subject-fidelity plot. Writes `table1.csv`, `table1.md`, `table1_by_kind.csv`,
 `table1_paired.csv`, `table1_runs.csv`, `failed_cells.csv` and `tradeoff.png` into `--out`.
@@ -352,7 +352,7 @@ def render_markdown(
     steps = ok.groupby("method")["steps"].apply(lambda s: ", ".join(f"{v:g}" for v in sorted(s.dropna().unique())))
     parts += [markdown_table(full, ["method", "optimizer"], scores + COSTS, labels), ""]
     parts += [
-        "Mean over subjects (seeds averaged per subject first), 95% bootstrap interval over subjects "
+        "Mean over subjects (seeds averaged per subject first), 95% BCa bootstrap interval over subjects "
         "in brackets. Steps per method: " + "; ".join(f"{m}: {s or 'n/a'}" for m, s in steps.items()) + ".",
         "",
     ]

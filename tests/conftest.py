@@ -158,23 +158,28 @@ def pytest_addoption(parser):
     parser.addoption(
         "--mutation",
         default=None,
-        help="run the session with one of tests/mutations.py's planted harness bugs (docs/world.md)",
+        help="run the session with tests/mutations.py's planted harness bugs, comma-separated (docs/world.md)",
     )
 
 
 @pytest.fixture(scope="session", autouse=True)
 def planted_mutation(request):
-    """`--mutation NAME`: the whole session runs with that harness bug in place (this process only)."""
-    name = request.config.getoption("--mutation")
-    if not name:
+    """`--mutation NAME[,NAME...]`: the whole session runs with those harness bugs in place (this process only)."""
+    import contextlib
+
+    option = request.config.getoption("--mutation")
+    if not option:
         yield None
         return
     from mutations import MUTATIONS
 
-    if name not in MUTATIONS:
-        raise pytest.UsageError(f"--mutation {name}: expected one of {sorted(MUTATIONS)}")
-    with MUTATIONS[name]():
-        yield name
+    names = option.split(",")
+    if unknown := [n for n in names if n not in MUTATIONS]:
+        raise pytest.UsageError(f"--mutation {','.join(unknown)}: expected names from {sorted(MUTATIONS)}")
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(MUTATIONS[name]())
+        yield names
 
 
 @pytest.fixture

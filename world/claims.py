@@ -128,10 +128,34 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text("# The paper's claims in THE WORLD (not SDXL's, not the paper's numbers)\n\n" + text + "\n")
     print(text)
     if not args.no_docs:
-        from world.report import DOC, replace_section
-
-        DOC.write_text(replace_section(DOC.read_text(), "claims", text))
+        write_docs(text)
     return 0
+
+
+NOTE = (
+    "PaRa here is the world's calibrated PaRa: rank 16 on PaRa's layers with the rank boundary off (γ = 1/40 would "
+    "cap the world's 48-192-wide layers at ranks 1-4, where PaRa barely learns: `make world-calibrate`); LoRA r16 "
+    "sampled at the paper's α = 2.2; DreamBooth full fine-tuning; 800 steps each. A verdict is read from the paired "
+    "difference over subjects (BCa 95 % interval): holds when it excludes 0 in the claimed direction, does not "
+    "hold when it excludes 0 in the other, inconclusive otherwise."
+)
+
+
+def write_docs(claims_text: str) -> None:
+    """docs/world.md's Table 1 and claims sections, and the README's plot (docs/img/world_table1.png)."""
+    import shutil
+
+    from world.report import DOC, replace_section
+
+    text = replace_section(DOC.read_text(), "claims", NOTE + "\n\n" + claims_text)
+    table = TABLE1 / "table1.md"
+    if table.is_file():
+        body = table.read_text().split("\n", 1)[1].strip()  # without its title: the section has one
+        body = body.replace("\n## ", "\n### ")
+        text = replace_section(text, "table1", body + "\n\n![the world's Table 1](img/world_table1.png)")
+        (ROOT / "docs" / "img").mkdir(exist_ok=True)
+        shutil.copyfile(TABLE1 / "tradeoff.png", ROOT / "docs" / "img" / "world_table1.png")
+    DOC.write_text(text)
 
 
 if __name__ == "__main__":

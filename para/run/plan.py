@@ -378,11 +378,18 @@ def _row(label: str, options: str, plan: dict, cards: list[float]) -> dict:
     }
 
 
+class MethodDoesNotFit(ValueError):
+    """A method whose settings the model's layers cannot take: nothing to count."""
+
+
 def rows(cards: list[float], model: str, resolution: int | None, methods: list[str] | None, overrides) -> list[dict]:
     records = []
     for name in methods or list(METHODS):
         cfg = table1_config(name, model, resolution, overrides)
-        plan = estimate(cfg, CUDA)
+        try:
+            plan = estimate(cfg, CUDA)
+        except ValueError as err:  # the method cannot attach to this model (e.g. a block size, a rank too large)
+            raise MethodDoesNotFit(f"method={name} on model={model}: {err}") from err
         record = _row(name, _options(cfg) + " (default)", plan, cards)
         record["fits_with"] = {
             f"{card:g}": fitting_options(cfg, CUDA, card) for card in cards if not record[f"fits_{card:g}"]
@@ -449,7 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("\n".join(["make plan / python -m para.run.plan: nothing was counted:", *problems]), file=sys.stderr)
         return 2
-    records = rows(args.cards, args.model, args.resolution, args.methods, args.overrides)
+    try:
+        records = rows(args.cards, args.model, args.resolution, args.methods, args.overrides)
+    except MethodDoesNotFit as err:
+        print(f"make plan / python -m para.run.plan: nothing was written:\n  - {err}", file=sys.stderr)
+        return 2
     resolution = records[0]["resolution"]
     write_results(args.out, "plan", records, markdown(records, args.cards, args.model, resolution))
     problem = table1_disk_problem(records, Path(args.out))

@@ -21,9 +21,18 @@ def _gb(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
+def _random_weights(model: str) -> bool:
+    """Whether conf/model/<model>.yaml builds its weights at random (tiny, small) rather than loading them."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(CONF_DIR / "model" / f"{model}.yaml")
+    kind = OmegaConf.select(node, "kind") or OmegaConf.select(node, "model.kind")
+    return kind in ("tiny", "small")
+
+
 def markdown(records: list[dict], cards: list[float], model: str, resolution: int) -> str:
     card_cols = " | ".join(card_label(c) for c in cards)
-    name = "SDXL 1.0" if model == "sdxl" else f"`{model}` (random weights)"
+    name = "SDXL 1.0" if model == "sdxl" else f"`{model}`" + (" (random weights)" if _random_weights(model) else "")
     lines = [
         f"# Resource plan: {name} at {resolution} px, Table 1 settings, one CUDA card (counted, not measured)",
         "",

@@ -108,8 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m para.run.worker", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by every cell (as for run.py)")
     parser.add_argument("--cell", action="append", default=[], help="one run: its own overrides, quoted")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="split the cells over this many worker processes (each its own base, the CPU's threads shared out); "
+        "for CPU-sized models: one GPU runs one worker",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    if args.processes < 1:
+        parser.error(f"--processes {args.processes}: expected 1 or more")
+    if args.processes > 1 and len(args.cell) > 1:
+        return _split(args.overrides, args.cell, args.processes)
     cells = [shlex.split(c) for c in args.cell] or [[]]
     try:
         result = run_cells(args.overrides, cells)
@@ -121,6 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     for label, error in failed:
         print(f"FAILED {label}: {error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _split(common: list[str], cells: list[str], processes: int) -> int:
+    """Round-robin the cells over `processes` workers of this module, each with an equal share of the threads."""
+    import os
+    import subprocess
+
+    threads = str(max(1, (os.cpu_count() or 1) // processes))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    shares = [cells[k::processes] for k in range(processes) if cells[k::processes]]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "para.run.worker", *common, *(a for c in share for a in ("--cell", c))], env=env
+        )
+        for share in shares
+    ]
+    codes = [proc.wait() for proc in procs]
+    return max(codes)
 
 
 if __name__ == "__main__":
