@@ -14,6 +14,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,9 @@ def plot_tradeoff(
     ax.set_ylabel(f"{labels.get(y, y)} (subject fidelity) →")
     score_axis(ax, "x")
     score_axis(ax, "y")
-    ax.set_title(banner or "Text alignment vs subject fidelity", fontsize=9 if banner else None)
+    # a long banner wraps: cut off at the figure's edge, it would lose the words that say whose numbers these are
+    title = "\n".join(textwrap.wrap(banner, 70)) if banner else "Text alignment vs subject fidelity"
+    ax.set_title(title, fontsize=8 if banner else None)
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=150, format="png"))

@@ -88,3 +88,26 @@ def test_a_worker_gives_the_adapters_and_scores_of_separate_processes(tmp_path):
     assert run_cells(FAST, worker)["failed"] == []
     for i in range(len(cells)):
         _same_run(tmp_path / "worker" / str(i), tmp_path / "alone" / str(i))
+
+
+@pytest.mark.slow
+def test_cells_split_over_worker_processes_give_what_one_worker_gives(tmp_path):
+    """`--processes 2` (a CPU's cores, MODEL=world's `make reproduce-table1`): each cell as a single worker runs it;
+    a failed cell in either process makes the exit code 1."""
+    cells = [["method=para", "method.lr=1e-2"], ["method=lora", "method.lr=1e-2", "seed=1"]]
+    argv = [sys.executable, "-m", "para.run.worker", "--processes", "2", *FAST]
+    for i, cell in enumerate(cells):
+        argv += ["--cell", " ".join([*cell, f"run_dir={tmp_path / 'split' / str(i)}"])]
+    assert subprocess.run(argv, cwd=REPO, capture_output=True).returncode == 0
+    one = [[*cell, f"run_dir={tmp_path / 'one' / str(i)}"] for i, cell in enumerate(cells)]
+    assert run_cells(FAST, one)["failed"] == []
+    for i in range(len(cells)):  # one thread each there, this process's here: float sums in another order
+        _same_run(tmp_path / "split" / str(i), tmp_path / "one" / str(i), tol=1e-5)
+    bad = [*argv, "--cell", f"method=para method.rank=0 run_dir={tmp_path / 'bad'}"]
+    assert subprocess.run(bad, cwd=REPO, capture_output=True).returncode == 1
+
+
+def test_worker_processes_below_one_are_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--processes", "0", "--cell", "method=para"])
+    assert stop.value.code == 2 and "--processes 0: expected 1 or more" in capsys.readouterr().err
