@@ -33,14 +33,27 @@ def pytest(args: list[str]) -> tuple[dict[str, int], list[str]]:
     counts: dict[str, int] = {}
     for n, outcome in SUMMARY.findall(out.splitlines()[-1] if out.strip() else ""):
         counts[outcome.rstrip("s")] = int(n)
-    failed = [line.split()[1] for line in out.splitlines() if line.startswith("FAILED ")]
-    return counts, failed
+    failed = [
+        line.split()[1]
+        for line in out.splitlines()
+        if line.startswith(("FAILED tests/", "ERROR tests/"))  # not a tested command's own "FAILED <folder>"
+    ]
+    return counts, sorted(set(failed))
 
 
-def check(name: str, jobs: int, suite: tuple[dict, list[str]] | None) -> dict:
-    """One bug: the random-weight suite with it in place (or `suite`, measured with every bug at once) and the
-    world's known answers with it."""
-    suite = suite or pytest(["-m", "not slow", "-n", str(jobs), "--ignore", KNOWN, "--mutation", name])
+def check(name: str, jobs: int, together: tuple[dict, list[str]] | None) -> dict:
+    """One bug: the random-weight suite with it in place and the world's known answers with it. With `together`
+    (the suite's result with every bug at once), only the files of the tests that failed then are run again with
+    this bug alone: a test file that passes with every bug in place is taken to pass with each."""
+    if together is None:
+        suite = pytest(["-m", "not slow", "-n", str(jobs), "--ignore", KNOWN, "--mutation", name])
+    elif together[1]:  # the files (a fixture's error fails a whole file) with a failure, this bug alone
+        files = sorted({test.split("::")[0] for test in together[1]})
+        counts, failed = pytest([*files, "-m", "not slow", "-n", str(jobs), "--mutation", name])
+        passed = sum(together[0].values()) - len(failed)
+        suite = ({"passed": passed, **({"failed": len(failed)} if failed else {})}, failed)
+    else:
+        suite = together
     known, known_failed = pytest([KNOWN, "-m", "slow", "-k", "learns", "-n", str(jobs), "--mutation", name])
     return {
         "bug": name,
@@ -59,6 +72,10 @@ def table(rows: list[dict]) -> str:
     ]
     for row in rows:
         suite = ", ".join(f"{n} {k}" for k, n in row["random_weight_suite"].items())
+        if row["random_weight_failures"]:  # the random-weight suite sees this bug after all: which tests
+            shown = ", ".join(f"`{t.split('::', 1)[1]}`" for t in row["random_weight_failures"][:3])
+            more = len(row["random_weight_failures"]) - 3
+            suite += f" ({shown}{f' and {more} more' if more > 0 else ''})"
         caught = "<br>".join(f"`{t.split('::', 1)[1]}`" for t in row["caught_by"])
         caught = caught or f"**not caught**: {UNSEEN.get(row['bug'], 'no known answer breaks')}"
         lines.append(f"| `{row['bug']}`: {row['doc']} | {suite} | {caught} |")

@@ -28,18 +28,27 @@ def drop_identifier() -> Iterator[None]:
 
 @contextlib.contextmanager
 def adapter_not_applied() -> Iterator[None]:
-    """Samples come from the base model: the sampler is rebuilt from the base weights on disk."""
-    from diffusers import StableDiffusionXLPipeline
+    """Samples come from the base model: the sampler is built on the UNet as it was loaded, before the method."""
+    import copy
 
     from para.core import sampling
+    from para.run import runner
 
-    original = sampling.sampling_pipeline
+    load, build = runner.load_pipeline, sampling.sampling_pipeline
+    as_loaded: dict[int, torch.nn.Module] = {}  # pipeline id -> a copy of its UNet when it was loaded
 
-    def rebuilt(pipe, scheduler):
-        base = StableDiffusionXLPipeline.from_pretrained(pipe.config._name_or_path, dtype=pipe.unet.dtype)
-        return original(base.to(pipe.unet.device), scheduler)
+    def loaded(model_cfg, device):
+        pipe = load(model_cfg, device)
+        as_loaded[id(pipe)] = copy.deepcopy(pipe.unet)
+        return pipe
 
-    with mock.patch.object(sampling, "sampling_pipeline", rebuilt):
+    def sampler(pipe, scheduler):
+        out = build(pipe, scheduler)
+        if id(pipe) in as_loaded:
+            out.unet = as_loaded[id(pipe)]
+        return out
+
+    with mock.patch.object(runner, "load_pipeline", loaded), mock.patch.object(sampling, "sampling_pipeline", sampler):
         yield
 
 

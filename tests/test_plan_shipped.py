@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import QUICK, compose_config
 
-from para.run import plan, plan_count, plan_shipped
+from para.run import plan, plan_count, plan_eval, plan_shipped
 from para.run.plan_count import SampleCounts, TrainCounts, count_sampling, count_training
 
 
@@ -25,7 +25,7 @@ def test_a_shipped_setting_is_looked_up_not_counted(fresh, monkeypatch, tmp_path
     cfg = compose_config(*QUICK, "method=para", "run_dir=unused", "plan.cache_dir=null")
     with plan_shipped.counting() as recorded:
         counted = plan.estimate(cfg, plan.CUDA)
-    assert len(recorded) == 2  # the train and the sample counts of one setting
+    assert len(recorded) == 3  # the train and the sample counts of one setting, and the evaluation nets' counts
     table = tmp_path / "plan_counts.json"
     table.write_text(json.dumps({"libraries": plan_shipped.library_versions(), "counts": recorded}))
     monkeypatch.setattr(plan_shipped, "TABLE", table)
@@ -37,6 +37,7 @@ def test_a_shipped_setting_is_looked_up_not_counted(fresh, monkeypatch, tmp_path
 
     monkeypatch.setattr(plan_count, "count_training", no_counting)
     monkeypatch.setattr(plan_count, "count_sampling", no_counting)
+    monkeypatch.setattr(plan_eval, "count_eval", no_counting)
     assert plan.estimate(cfg, plan.CUDA) == counted
     plan_count.forget()  # other library versions (a GPU user's own torch): the table does not apply
     monkeypatch.setattr(plan_count, "library_versions", lambda: "torch==0.0 diffusers==0.0")

@@ -84,12 +84,16 @@ def test_a_method_learns_the_subject_and_keeps_the_prompts(tmp_path, name):
 
 
 # Which answer each planted bug is tried against: the one whose run goes through the code the bug breaks.
-TRIED_ON = {"drop_identifier": "para_identifier", "lora_scale_lost": "lora"}
+# (PaRa's light training is the sensitive one: DreamBooth's 800 steps learn the subject through most bugs.)
+TRIED_ON = {
+    "drop_identifier": "para_identifier",
+    "latents_unscaled": "para_identifier",
+    "text_embeds_truncated": "para_identifier",
+    "lora_scale_lost": "lora",
+}
 # Bugs the world does not see yet, and why (docs/world.md): strict, so that a world that catches one says so.
 UNSEEN = {
     "pooled_zeroed": "the world model's pooled embedding repeats what its token embeddings say",
-    "text_embeds_truncated": "the world's two text encoders read the same words: either half carries the prompt",
-    "latents_unscaled": "a 1.39x latent scale while training still teaches this small model the subject",
     "lora_scale_lost": "in the world, LoRA sampled at 1.0 shows the subject more than at the paper's 2.2",
 }
 

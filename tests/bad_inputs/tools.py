@@ -140,7 +140,7 @@ CASES = [
     # --- python -m para.run.plan (make plan) ----------------------------------------------------------------
     case("plan-unknown-method", "plan", "--methods nope --out {tmp}/plan", 2, "--methods nope: no such method",
          "choose from dreambooth", "`make plan` with an unknown method (was a traceback)"),
-    case("plan-method-cannot-attach", "plan", "--model world --methods oft method.block_size=32 --out {tmp}/plan", 2,
+    case("plan-method-cannot-attach", "plan", "method.block_size=32 --model world --methods oft --out {tmp}/plan", 2,
          ("method=oft on model=world", "does not divide the input dimension 48"), "choose a divisor",
          "`make plan` for a method whose settings the model's layers cannot take (was a traceback)"),
     case("plan-unknown-model", "plan", "--model sdxl2 --out {tmp}/plan", 2, "Could not find 'model/sdxl2'",
