@@ -94,6 +94,7 @@ TRIED_ON = {
 # Bugs the world does not see yet, and why (docs/world.md): strict, so that a world that catches one says so.
 UNSEEN = {
     "pooled_zeroed": "the world model's pooled embedding repeats what its token embeddings say",
+    # (the random-weight suite catches this one: a LoRA file reloaded in stock diffusers draws other images)
     "lora_scale_lost": "in the world, LoRA sampled at 1.0 shows the subject more than at the paper's 2.2",
 }
 
