@@ -58,7 +58,7 @@ PYTEST    := $(PY) -m pytest -q $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) -
 
 .PHONY: test
 test: $(STAMP) ## install, then run the default test suite (CPU, tiny models; ~5 min on 2 cores, install included)
-	$(PYTEST) -m "not slow" $(TEST_ARGS)
+	$(PYTEST) -m "not slow and not slurm" $(TEST_ARGS)
 
 .PHONY: test-all
 test-all: $(STAMP) ## every test, the slow ones included (CI: .ci/run)
