@@ -229,7 +229,7 @@ def plot_tradeoff(
     score_axis(ax, "x")
     score_axis(ax, "y")
     # a long banner wraps: cut off at the figure's edge, it would lose the words that say whose numbers these are
-    title = "\n".join(textwrap.wrap(banner, 70)) if banner else "Text alignment vs subject fidelity"
+    title = "\n".join(textwrap.wrap(str(banner), 70)) if banner else "Text alignment vs subject fidelity"
     ax.set_title(title, fontsize=8 if banner else None)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -61,6 +61,7 @@ def bench_run(tmp_path_factory):
     return out, json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow  # make bench's tooling: CI's slow set runs it
 def test_bench_writes_records_with_required_keys(bench_run):
     out, records = bench_run
     assert [(r["method"], r["cache_latents"]) for r in records] == [
@@ -95,6 +96,7 @@ def test_bench_writes_records_with_required_keys(bench_run):
     assert "1 rounds, attention AttnProcessor2_0" in md
 
 
+@pytest.mark.slow  # make bench's tooling: CI's slow set runs it
 def test_peak_memory_per_method_is_measured_on_linux(bench_run):
     _, records = bench_run
     if records[0]["peak_memory_mb"] is None:
@@ -103,6 +105,7 @@ def test_peak_memory_per_method_is_measured_on_linux(bench_run):
     assert all(r["peak_increase_mb"] >= 0 and r["peak_memory_mb"] > r["peak_increase_mb"] for r in by.values())
 
 
+@pytest.mark.slow  # make bench's tooling: CI's slow set runs it
 def test_rebuild_mode_measures_every_round(tmp_path):
     """The GPU mode (a fresh copy per variant and round), exercised on CPU."""
     threads = torch.get_num_threads()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from para.bench import compare as bench
@@ -13,6 +14,7 @@ from para.bench import worker_saving
 from para.bench.report import to_markdown
 
 
+@pytest.mark.slow  # make bench's tooling: CI's slow set runs it
 def test_bench_counts_qrs_and_operators_per_step_of_both_paras():
     threads = torch.get_num_threads()
     try:

@@ -23,6 +23,7 @@ def photos():
     return [Image.open(DATA_ROOT / "dog" / f"0{i}.jpg").convert("RGB").resize((96, 96)) for i in range(3)]
 
 
+@pytest.mark.slow  # make bench's tooling: CI's slow set runs it
 def test_the_default_is_torchmetrics_default_model_and_architecture():
     """torchmetrics' CLIPScore defaults to openai/clip-vit-large-patch14; the random fallback has its architecture
     (parameter count checked against open_clip's ViT-L-14, built on the meta device: no weights, no time)."""

@@ -79,6 +79,7 @@ def test_markdown_says_counts_not_timings(records):
     json.dumps(list(records.values()))  # the results file is plain JSON
 
 
+@pytest.mark.slow  # make bench's tooling: CI's slow set runs it
 def test_cli_writes_json_and_markdown(tmp_path):
     assert flops.main(["--methods", "lora", "frozen", "--resolutions", "64", "--out", str(tmp_path)]) == 0
     records = json.loads((tmp_path / "flops.json").read_text())

@@ -108,6 +108,7 @@ def test_lora_refuses_gamma():
         count(tiny_unet(), "noxattn", "lora", 4, 0.025)
 
 
+@pytest.mark.slow  # make bench's tooling: CI's slow set runs it
 def test_cli_writes_csv_and_md(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--ranks", "4", "16", "--subsets", "noxattn", "attn", "full"]) == 0
     with open(tmp_path / "param_count.csv", newline="") as f:
