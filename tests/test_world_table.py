@@ -24,10 +24,13 @@ def test_a_reduced_world_table_has_intervals_and_verdicts_that_follow_them(tmp_p
     out = tmp_path / "table1"
     tables = build(tmp_path / "runs", out, methods=list(METHODS), pair=("para", "dreambooth"))
     table = tables["table"].set_index("method")
-    for method in METHODS:  # every score has its interval around the mean
+    widths = []
+    for method in METHODS:  # every score has its interval around the mean (a point where every subject agrees)
         for score in ("subject_identity", "prompt_fidelity", "leak"):
             lo, mean, hi = (table.loc[method, f"{score}{s}"] for s in ("_lo", "", "_hi"))
-            assert lo <= mean <= hi and lo < hi, (method, score, lo, mean, hi)
+            assert lo <= mean <= hi, (method, score, lo, mean, hi)
+            widths.append(hi - lo)
+    assert max(widths) > 0
     assert compose_config("model=world").eval.backbones == "world" and "WORLD" in tables["markdown"]
     rows = claims.table1_claims(out)
     paired = pd.read_csv(out / "table1_paired_all.csv")
