@@ -102,7 +102,7 @@ def test_cells_split_over_worker_processes_give_what_one_worker_gives(tmp_path):
     one = [[*cell, f"run_dir={tmp_path / 'one' / str(i)}"] for i, cell in enumerate(cells)]
     assert run_cells(FAST, one)["failed"] == []
     for i in range(len(cells)):  # one thread each there, this process's here: float sums in another order
-        _same_run(tmp_path / "split" / str(i), tmp_path / "one" / str(i), tol=1e-5)
+        _same_run(tmp_path / "split" / str(i), tmp_path / "one" / str(i), tol=1e-4)
     bad = [*argv, "--cell", f"method=para method.rank=0 run_dir={tmp_path / 'bad'}"]
     assert subprocess.run(bad, cwd=REPO, capture_output=True).returncode == 1
 
