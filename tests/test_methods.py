@@ -23,7 +23,15 @@ PAPER_METHODS = ("para", "lora", "dreambooth")  # the paper's comparison: always
 # Training-heavy checks of the extra methods run in `make test-all` (svdiff rebuilds W from its SVD each step).
 ALL_TRAINING = [n if n in PAPER_METHODS else pytest.param(n, marks=pytest.mark.slow) for n in ALL]
 # Learning rates that move a random-weight tiny model visibly in a few steps (the defaults are for SDXL).
-FAST_LR = {"dreambooth": 1e-4, "para": 1e-2, "para_authors": 1e-2, "loha": 1e-2, "lokr": 1e-2, "svdiff": 3e-2}
+FAST_LR = {
+    "dreambooth": 1e-4,
+    "para": 1e-2,
+    "para_authors": 1e-2,
+    "loha": 1e-2,
+    "lokr": 1e-2,
+    "svdiff": 3e-2,
+    "lora_attn": 1e-2,
+}
 
 
 def _cfg(method: str, *extra: str):

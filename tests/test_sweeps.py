@@ -141,8 +141,9 @@ def test_submitit_local_sweep_with_wandb_two_methods_two_subjects_one_broken_cel
         assert run.summary["eval/backbones_pretrained_all"] is False  # random backbones are flagged
         assert run.summary["eval/per_prompt"]["nrows"] == 1
         assert {a["type"] for a in run.artifacts} == {"adapter", "run_table"}
-    broken = read_offline_run(tmp_path / "runs/lora/cat")
-    assert broken.exit_code == 1 and "AdapterFileError" in read_metrics(tmp_path / "runs/lora/cat")["error"]
+    # the broken cell is refused by its preflight before anything runs: no W&B run, its folder as it was
+    assert not list((tmp_path / "runs/lora/cat").glob("wandb/offline-run-*"))
+    assert read_metrics(tmp_path / "runs/lora/cat") == {"status": "running", "stage": "trained"}
 
     # a rerun (here with the default launcher) skips the finished cells: no new W&B runs, adapters untouched
     stamp = (tmp_path / "runs/para/dog/adapter.safetensors").stat().st_mtime_ns
