@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -78,21 +77,13 @@ def run_dir(cell: list[str]) -> Path:
 
 
 def run_points(cells: list[list[str]], jobs: int) -> None:
-    """The unfinished points, split over `jobs` worker processes of one thread each."""
+    """The unfinished points, through the harness's worker split over `jobs` processes (`--processes`)."""
     todo = [c for c in cells if not _finished(run_dir(c))]
     if not todo:
         return
     common = ["model=world", "logger=none", "resume=true", *SAMPLING]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = []
-    for k in range(jobs):
-        share = todo[k::jobs]
-        if not share:
-            continue
-        args = [a for c in share for a in ("--cell", shlex.join([*c, f"run_dir={run_dir(c)}"]))]
-        procs.append(subprocess.Popen([sys.executable, "-m", "para.run.worker", *common, *args], cwd=ROOT, env=env))
-    for proc in procs:
-        proc.wait()
+    args = [a for c in todo for a in ("--cell", shlex.join([*c, f"run_dir={run_dir(c)}"]))]
+    subprocess.run([sys.executable, "-m", "para.run.worker", "--processes", str(jobs), *common, *args], cwd=ROOT)
 
 
 def _finished(folder: Path) -> bool:
@@ -161,7 +152,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m world.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=list(SWEEPS))
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (the CPU's threads shared out)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/world.md's section")
     args = parser.parse_args(argv)
     sweeps = [SWEEPS[name] for name in args.sweeps]
