@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from para.core.data import DataError
-from para.core.interrupts import RunInterrupted
+from para.core.interrupts import RunInterrupted, stop_on_signals
 from para.core.io import DiskFull
 from para.core.lock import FolderBusy
 from para.core.method import AdapterFileError
@@ -44,10 +44,17 @@ def run(cfg: DictConfig) -> dict:
     """The run of a composed config, as `python run.py` ends it: a user's error (what is wrong and the way out) with
     exit status 2 and no traceback, a stop signal with 128 + its number. Outside Hydra's main (a config from
     para.run.config.compose_config, as tests/test_bad_inputs.py calls it) the run folder is `cfg.run_dir`."""
-    from para.run.runner import execute
+    from para.run.folder import run_dir_of
+    from para.run.preflight import preflight
 
     try:
-        metrics = execute(cfg)
+        with stop_on_signals():
+            # every input checked before the training stack (diffusers, peft, the eval nets) is even imported:
+            # a run that cannot start says why within seconds
+            checked = preflight(cfg, run_dir_of(cfg))
+        from para.run.runner import execute
+
+        metrics = execute(cfg, checked=checked)
     except RunInterrupted as stop:  # SIGTERM (SLURM preemption, time limit, scancel) or Ctrl-C: stop everything
         _remove_empty_run_dir(cfg)
         log.warning("stopped by %s; re-run the same command to continue", stop.signal_name)
@@ -90,7 +97,7 @@ def _is_multirun() -> bool:
 
 
 def _output_dir(cfg: DictConfig):
-    from para.run.runner import run_dir_of
+    from para.run.folder import run_dir_of
 
     return run_dir_of(cfg)  # where the folder is now: a moved run's metrics name the old one
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
-from diffusers.utils import convert_unet_state_dict_to_peft
-from peft import LoraConfig
 from torch import Tensor, nn
 
 from baselines.peft_adapter import ADAPTER, PeftAdapter
 from para.core.method import check_alpha, check_range, check_rank
+
+if TYPE_CHECKING:  # peft and diffusers load when an adapter is built (a refusal never waits for them)
+    from peft import LoraConfig
 
 
 @dataclass
@@ -52,6 +52,8 @@ class Lora(PeftAdapter):
         super().validate_config(cfg)
 
     def peft_config(self) -> LoraConfig:
+        from peft import LoraConfig
+
         init = True if self.cfg.init == "default" else self.cfg.init
         return LoraConfig(
             r=self.cfg.rank,
@@ -77,10 +79,14 @@ class Lora(PeftAdapter):
     def from_saved(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         unet_state = {k.removeprefix("unet."): v for k, v in tensors.items() if k.startswith("unet.")}
         if any(".lora.down." in k or ".lora.up." in k for k in unet_state):  # older diffusers-format files
+            from diffusers.utils import convert_unet_state_dict_to_peft
+
             unet_state = convert_unet_state_dict_to_peft(unet_state)
         return {k.replace(f".{ADAPTER}.", "."): v for k, v in unet_state.items()}
 
     def metadata(self) -> dict[str, str]:
+        from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+
         config = self.peft_config_dict()
         # diffusers reads this key to rebuild the LoraConfig (rank, alpha, targets) in `load_lora_weights`.
         lora_meta = {

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from peft import LoHaConfig, LoKrConfig, OFTConfig, PeftConfig
-from peft.tuners.oft.layer import Conv2d as PeftOftConv2d
-from peft.tuners.oft.layer import OFTRotationModule
-from torch import Tensor, nn
+from torch import nn
 
 from baselines.peft_adapter import PeftAdapter
 from para.core.method import check_alpha, check_rank
 from para.core.subsets import select_modules
+
+if TYPE_CHECKING:  # peft loads when an adapter is built: composing a config or refusing a run never waits for it
+    from peft import PeftConfig
 
 
 @dataclass
@@ -85,6 +84,8 @@ class Loha(LycorisAdapter):
         super().validate_config(cfg)
 
     def peft_config(self) -> PeftConfig:
+        from peft import LoHaConfig
+
         return LoHaConfig(r=self.cfg.rank, alpha=self.cfg.alpha or self.cfg.rank, target_modules=self.target_pattern())
 
 
@@ -102,6 +103,8 @@ class Lokr(LycorisAdapter):
         super().validate_config(cfg)
 
     def peft_config(self) -> PeftConfig:
+        from peft import LoKrConfig
+
         return LoKrConfig(
             r=self.cfg.rank,
             alpha=self.cfg.alpha or self.cfg.rank,
@@ -115,31 +118,6 @@ def oft_input_dim(module: nn.Module) -> int:
     if isinstance(module, nn.Conv2d):
         return module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
     return module.in_features
-
-
-def rotated_weight(weight: Tensor, rotation: OFTRotationModule) -> Tensor:
-    """W0 Rᵀ for peft's block-diagonal R, block by block: what peft's OFT `merge` writes into the weight."""
-    # peft has no public per-block accessor; `get_weight` builds the dense block-diagonal matrix instead.
-    blocks = rotation._cayley_batch(
-        rotation.weight, rotation.block_size, rotation.use_cayley_neumann, rotation.num_cayley_neumann_terms
-    )  # (r or 1 when shared, b, b)
-    w = weight.reshape(weight.shape[0], -1, rotation.block_size)  # (m, r, b)
-    blocks = blocks.expand(w.shape[1], -1, -1)
-    return torch.einsum("mrk,rck->mrc", w.to(blocks.dtype), blocks).reshape(weight.shape)
-
-
-class OftConv2dByWeight(PeftOftConv2d):
-    """peft's OFT Conv2d whose unmerged forward convolves with the rotated weight (see the module docstring)."""
-
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        active = [a for a in self.active_adapters if a in self.oft_R]
-        if self.disable_adapters or self.merged or not active:
-            return super().forward(x, *args, **kwargs)
-        base = self.get_base_layer()
-        weight = base.weight
-        for adapter in active:
-            weight = rotated_weight(weight, self.oft_R[adapter])
-        return base._conv_forward(x, weight.to(base.weight.dtype), base.bias)
 
 
 class Oft(LycorisAdapter):
@@ -166,6 +144,8 @@ class Oft(LycorisAdapter):
         return list(modules)
 
     def peft_config(self) -> PeftConfig:
+        from peft import OFTConfig
+
         return OFTConfig(
             r=0,
             oft_block_size=self.cfg.block_size,
@@ -174,6 +154,10 @@ class Oft(LycorisAdapter):
         )
 
     def attach(self, unet: nn.Module) -> list[nn.Parameter]:
+        from peft.tuners.oft.layer import Conv2d as PeftOftConv2d
+
+        from baselines.oft_conv import OftConv2dByWeight
+
         params = super().attach(unet)
         for name in self.targets:
             layer = unet.get_submodule(name)

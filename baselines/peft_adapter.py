@@ -7,13 +7,15 @@ module names of the layer subset (`peft_config`); attaching, the state dict and 
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from peft import PeftConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor, nn
 
 from para.core.method import Method, check_rank_fits
 from para.core.subsets import check_subset, select_modules
+
+if TYPE_CHECKING:  # peft loads when an adapter is attached: composing a config or refusing a run never waits for it
+    from peft import PeftConfig
 
 ADAPTER = "default"
 
@@ -68,6 +70,8 @@ class PeftAdapter(Method):
         self.targets = []
 
     def state_dict(self, unet: nn.Module) -> dict[str, Tensor]:
+        from peft import get_peft_model_state_dict
+
         return get_peft_model_state_dict(unet, adapter_name=ADAPTER)
 
     def load_state_dict(self, unet: nn.Module, state: dict[str, Tensor]) -> None:
@@ -79,6 +83,8 @@ class PeftAdapter(Method):
         for key, tensor in state.items():
             if tensor.shape != expected[key].shape:
                 raise ValueError(f"{key}: saved shape {tuple(tensor.shape)} != {tuple(expected[key].shape)} here")
+        from peft import set_peft_model_state_dict
+
         result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{self.name} state has keys this UNet lacks: {result.unexpected_keys[:3]}")

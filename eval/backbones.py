@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import importlib.util
 import logging
+import sys
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import fields, replace
@@ -113,43 +117,59 @@ def _quick_gelu(arch: str, tag: str) -> bool:
     Follow the tag's setting; for a checkpoint file and for random weights follow the `openai` tag, the
     weights this harness specifies.
     """
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(arch, tag) or open_clip.get_pretrained_cfg(arch, "openai") or {}
+    table = open_clip_tags()
+    cfg = table.get_pretrained_cfg(arch, tag) or table.get_pretrained_cfg(arch, "openai") or {}
     return bool(cfg.get("quick_gelu", False))
 
 
-def _open_clip_source(arch: str, source: str) -> tuple[str, str | None, dict[str, Any]]:
-    """(model name, pretrained file or None, preprocess overrides) for open_clip, resolved without downloads."""
-    import open_clip
-    from open_clip.transform import PreprocessCfg
+@functools.cache
+def open_clip_tags() -> Any:
+    """open_clip's table of pretrained tags (`open_clip.pretrained`: where each tag's weights live, its
+    normalisation), read without importing open_clip itself. `import open_clip` pulls in timm, which imports
+    W&B when installed: ~5 s of CPU that a run refused for missing weights would spend only to learn a hub id.
+    The table's module imports nothing of open_clip but its constants, so it is executed as a submodule of a
+    private alias of open_clip's folder; the real package is used when already imported or when that fails."""
+    if "open_clip" in sys.modules:
+        return importlib.import_module("open_clip.pretrained")
+    try:
+        spec = importlib.util.find_spec("open_clip")
+        alias = types.ModuleType(_OPEN_CLIP_ALIAS)
+        alias.__path__ = list(spec.submodule_search_locations)
+        sys.modules.setdefault(_OPEN_CLIP_ALIAS, alias)
+        return importlib.import_module(f"{_OPEN_CLIP_ALIAS}.pretrained")
+    except Exception:  # another open_clip layout: the slow, sure way
+        return importlib.import_module("open_clip.pretrained")
 
+
+_OPEN_CLIP_ALIAS = "_para_open_clip_tags"
+
+
+def _open_clip_source(arch: str, source: str) -> tuple[str, str | None, dict[str, Any]]:
+    """(model name, pretrained file or None, the tag's settings) for open_clip, resolved without downloads."""
     path = Path(source).expanduser()
     if path.is_dir():
         return f"local-dir:{path}", None, {}
     if path.is_file():
         return arch, str(path), {}
-    cfg = open_clip.get_pretrained_cfg(arch, source)
+    table = open_clip_tags()
+    cfg = table.get_pretrained_cfg(arch, source)
     if not cfg:
         raise ValueError(
             f"eval.clip_pretrained={source!r} is neither a file, a folder, nor an open_clip tag for {arch}; "
-            f"tags: {open_clip.list_pretrained_tags_by_model(arch)}"
+            f"tags: {table.list_pretrained_tags_by_model(arch)}"
         )
-    # The tag's own normalisation and resize mode, which open_clip only applies when given the tag itself.
-    allowed = {f.name for f in fields(PreprocessCfg)}
-    preprocess = {k: v for k, v in cfg.items() if k in allowed}
     tried = []
     if cfg.get("hf_hub"):
         repo = cfg["hf_hub"].strip("/")
         tried.append(f"Hugging Face cache of {repo}")
         cached = cached_hub_file(repo, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
         if cached:
-            return arch, cached, preprocess
+            return arch, cached, cfg
     if cfg.get("url"):
         url_cache = Path("~/.cache/clip").expanduser() / Path(cfg["url"]).name  # open_clip's URL download cache
         tried.append(str(url_cache))
         if url_cache.is_file():
-            return arch, str(url_cache), preprocess
+            return arch, str(url_cache), cfg
     reason = offline_reason()
     if reason is not None:
         raise unavailable(f"CLIP {arch}/{source}", tried, "eval.clip_pretrained", reason)
@@ -192,7 +212,9 @@ def load_clip(opts: EvalOptions) -> ClipEmbedder:
 
     quick_gelu = _quick_gelu(opts.clip_arch, opts.clip_pretrained)
     if opts.pretrained:
-        model_name, pretrained, preprocess_cfg = _open_clip_source(opts.clip_arch, opts.clip_pretrained)
+        model_name, pretrained, tag_cfg = _open_clip_source(opts.clip_arch, opts.clip_pretrained)
+        # The tag's own normalisation and resize mode, which open_clip only applies when given the tag itself.
+        preprocess_cfg = {k: v for k, v in tag_cfg.items() if k in {f.name for f in fields(PreprocessCfg)}}
         quick_gelu = quick_gelu and not model_name.startswith("local-dir:")  # its own config decides
         try:
             model = open_clip.create_model(

@@ -73,3 +73,31 @@ def test_photos_are_encoded_by_a_float32_vae(tiny_pipe):
     assert not torch.allclose(in_bf16, oracle, atol=1e-3)  # bf16 encoding would differ
     assert pipe.vae.dtype == torch.bfloat16
     assert all(torch.equal(v, weights[k]) for k, v in pipe.vae.state_dict().items())
+
+
+def test_training_feeds_the_unet_diffusers_own_encoding_of_the_instance_prompt(
+    shared_tiny, tiny_pipe_template, tmp_path, monkeypatch
+):
+    """Oracle: diffusers' `StableDiffusionXLPipeline.encode_prompt` of "a photo of sks dog" (the default template,
+    written out here): both encoders' penultimate hidden states side by side and the second encoder's projected
+    pooled output are what the UNet receives at every training step. Catches a conditioning the sampler would
+    never give (the pooled embedding zeroed, one encoder's half lost, the identifier dropped), which random
+    weights train through without a sign (tests/mutations.py)."""
+    seen = []
+    forward = UNet2DConditionModel.forward
+
+    def recording_forward(self, *args, **kwargs):
+        if torch.is_grad_enabled():  # training steps, not sampling
+            seen.append((kwargs["encoder_hidden_states"].float(), kwargs["added_cond_kwargs"]["text_embeds"].float()))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", recording_forward)
+    execute(compose_config(*FAST, "subject=dog", "sample.enabled=false", f"run_dir={tmp_path / 'r'}"))
+    with torch.no_grad():
+        embeds, _, pooled, _ = tiny_pipe_template.encode_prompt(
+            "a photo of sks dog", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+    assert len(seen) == 2
+    for hidden, text_embeds in seen:
+        torch.testing.assert_close(hidden, embeds.float().expand_as(hidden))
+        torch.testing.assert_close(text_embeds, pooled.float().expand_as(text_embeds))

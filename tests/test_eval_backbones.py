@@ -197,7 +197,9 @@ def test_open_clip_checkpoint_file_loads_as_pretrained(tmp_path, photo, monkeypa
 
     # The same file found in the Hugging Face cache under an open_clip tag (how `openai` loads offline).
     tag_cfg = {"hf_hub": "para-test/tiny/", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "quick_gelu": False}
-    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda arch, tag: tag_cfg if tag == "paratag" else {})
+    # (the table open_clip's tags are read from without importing open_clip: backbones.open_clip_tags)
+    tags = backbones.open_clip_tags()
+    monkeypatch.setattr(tags, "get_pretrained_cfg", lambda arch, tag: tag_cfg if tag == "paratag" else {})
     monkeypatch.setattr(backbones, "cached_hub_file", lambda repo, names: str(tmp_path / "tiny.pt"))
     tagged = load_clip(EvalOptions(clip_arch="ParaEvalTiny", clip_pretrained="paratag"))
     assert tagged.pretrained and tagged.preprocess.transforms[-1].mean == (0.5, 0.5, 0.5)  # the tag's normalisation
@@ -212,3 +214,29 @@ def test_dino_preprocessing_is_resize_256_crop_224_imagenet_norm():
     assert x.shape == (3, 224, 224)
     expected = [(c / 255 - m) / s for c, m, s in zip((124, 116, 104), IMAGENET_MEAN, IMAGENET_STD, strict=True)]
     torch.testing.assert_close(x.mean(dim=(1, 2)), torch.tensor(expected), atol=1e-3, rtol=0)
+
+
+def test_open_clip_tags_are_open_clips_own_table():
+    """The preflight reads open_clip's pretrained tags without importing open_clip (timm and W&B with it): the
+    table it reads is open_clip's, tag for tag."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json; from eval.backbones import open_clip_tags; t = open_clip_tags(); "
+        "print(json.dumps([t.get_pretrained_cfg('ViT-B-32', 'openai'), t.list_pretrained_tags_by_model('ViT-B-32'), "
+        "sorted(m for m in ('open_clip', 'timm', 'wandb') if m in sys.modules)], default=list))"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    light = json.loads(proc.stdout)
+    import open_clip
+
+    expected = json.loads(
+        json.dumps(
+            [open_clip.get_pretrained_cfg("ViT-B-32", "openai"), open_clip.list_pretrained_tags_by_model("ViT-B-32")],
+            default=list,
+        )
+    )
+    assert light[:2] == expected and light[0]["hf_hub"]
+    assert light[2] == [], f"reading the tags imported {light[2]}"

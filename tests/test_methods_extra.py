@@ -17,7 +17,8 @@ from peft.tuners.lokr.layer import factorization
 from peft.tuners.oft.layer import Conv2d as PeftOftConv2d
 from torch import nn
 
-from baselines.lycoris import Oft, OftConv2dByWeight, oft_input_dim
+from baselines.lycoris import Oft, oft_input_dim
+from baselines.oft_conv import OftConv2dByWeight
 from baselines.para_authors import ParaAuthors, ParaAuthorsLayer
 from baselines.svdiff import SVDiff, SVDiffLayer
 from para.adapter import PaRa, effective_rank

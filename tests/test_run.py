@@ -19,9 +19,9 @@ from para.run.runner import execute
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
 
 
-def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout: int = 300, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "run.py", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *python, "run.py", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -45,11 +45,18 @@ def test_missing_weights_fail_fast_with_the_ways_out(tmp_path):
     """The paper's command without SDXL's weights: refused naming the weights and the ways out, before the resource
     plan is counted (a run without weights has no plan to count; `make bench` times this cold refusal)."""
     run_dir, plan_cache = tmp_path / "never", tmp_path / "plan-cache"
-    proc = _cli("method=para", "subject=dog", "steps=200", f"hydra.run.dir={run_dir}", f"plan.cache_dir={plan_cache}")
+    overrides = ("method=para", "subject=dog", "steps=200", f"hydra.run.dir={run_dir}", f"plan.cache_dir={plan_cache}")
+    proc = _cli(*overrides, python=("-X", "importtime"))
     assert proc.returncode == 2
+    timed = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in timed}
     out = proc.stdout + proc.stderr
     assert "stabilityai/stable-diffusion-xl-base-1.0" in out and "model.path=" in out and "model=tiny" in out
     assert "Traceback" not in out and "[memory]" not in out
+    # The refusal's cost is what it imports: the training stack and the eval networks (open_clip pulls in timm
+    # and W&B, ~5 s of CPU) wait until every input is known good; the preflight reads open_clip's tag table alone.
+    assert "para.run.config" in imported and "torch" in imported, "-X importtime printed nothing usable"
+    assert not imported & {"para.run.runner", "para.core.sampling", "open_clip", "timm", "wandb", "lpips"}
     assert not plan_cache.exists(), "the plan of a run without weights was counted"
     assert not run_dir.exists(), "nothing may be left behind by a run that never started"
 

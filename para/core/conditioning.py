@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import StableDiffusionXLPipeline
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionXLPipeline
 
 
 @dataclass

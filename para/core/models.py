@@ -14,13 +14,15 @@ import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from para.core.io import atomic_write_text
+
+if TYPE_CHECKING:  # diffusers and transformers load when a model is built: a refusal never waits for them
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
 
 SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 # Every StableDiffusionXLPipeline the harness builds or loads gets this. With `invisible_watermark` installed (SDXL's
@@ -107,6 +109,8 @@ def _bytes_to_unicode() -> list[str]:
 
 
 def clip_tokenizer() -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
+
     vocab_file, merges_file = clip_tokenizer_files()
     # transformers 5: vocab and merges must be positional (keywords silently give a broken 2-token tokenizer).
     tokenizer = CLIPTokenizer(vocab_file, merges_file)
@@ -139,6 +143,9 @@ def random_unet_config(kind: str) -> dict:
 def build_random_models(kind: str, seed: int = 0) -> dict[str, torch.nn.Module]:
     """The UNet, VAE and both text encoders of an SDXL-shaped model with random weights (`kind` = tiny | small),
     deterministic in `seed`; under `torch.device("meta")` they have every shape and no memory (`para.run.plan`)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
     if kind not in RANDOM_SHAPES:
         raise ValueError(f"unknown random model kind {kind!r}; expected one of {sorted(RANDOM_SHAPES)}")
     shape = RANDOM_SHAPES[kind]
@@ -181,6 +188,8 @@ def build_random_models(kind: str, seed: int = 0) -> dict[str, torch.nn.Module]:
 
 def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionXLPipeline:
     """An SDXL-shaped pipeline with random weights (`kind` = tiny | small), deterministic in `seed`."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
     scheduler = EulerDiscreteScheduler(  # SDXL base's training schedule (scaled-linear betas, 1000 steps)
         beta_start=0.00085,
         beta_end=0.012,
@@ -238,6 +247,8 @@ def load_pretrained_pipeline(
     tokenizers give a single-file checkpoint its pipeline (`config=` of from_single_file; needed offline).
     Tries the local cache first so that a machine without network fails in seconds, not after retries.
     """
+    from diffusers import StableDiffusionXLPipeline
+
     check_diffusers_version()
     check_weights_available(path, revision)
     components = {**NO_WATERMARK, **({"vae": _load_vae(vae_path, dtype, _offline())} if vae_path else {})}
@@ -292,6 +303,8 @@ def check_weights_available(path: str, revision: str | None = None) -> None:
 
 
 def _load_vae(vae_path: str, dtype: torch.dtype, offline: bool) -> AutoencoderKL:
+    from diffusers import AutoencoderKL
+
     try:
         return AutoencoderKL.from_pretrained(vae_path, dtype=dtype, local_files_only=offline)
     except Exception as err:  # noqa: BLE001 - as above

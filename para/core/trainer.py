@@ -16,11 +16,10 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from tqdm.auto import tqdm
 
 from para.core.checkpoint import checkpoint_interval, latest_checkpoint, save_checkpoint
@@ -29,6 +28,9 @@ from para.core.interrupts import RunInterrupted, deferred
 from para.core.memory import peak_mb, reset_peak
 from para.core.method import Method
 from para.core.residency import Offload
+
+if TYPE_CHECKING:  # diffusers loads with the model: a run refused by its preflight never waits for it
+    from diffusers import StableDiffusionXLPipeline
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,8 @@ class Trainer:
         self.unet = pipe.unet
         self.device = self.unet.device
         self.checkpoint_dir = checkpoint_dir
+        from diffusers import DDPMScheduler
+
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
             raise TrainingError(f"unsupported prediction type {self.noise_scheduler.config.prediction_type}")

@@ -67,6 +67,15 @@ OWNED = (
 )
 
 
+def run_dir_of(cfg: DictConfig) -> Path:
+    """Hydra's output folder when launched through Hydra (honours hydra.run.dir), else cfg.run_dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.run_dir)
+
+
 # Entries of OWNED that the harness writes as folders; the others are files. An entry of the other kind is not the
 # harness's (a `.para-lock` folder, a `samples` file): it is refused, never removed.
 OWNED_FOLDERS = ("checkpoints", "samples", "validation", "wandb")

@@ -35,6 +35,7 @@ from para.core.residency import Offload
 from para.core.sampling import PromptSpec, generate, image_name, valid_image
 from para.core.trainer import Trainer, TrainResult
 from para.run import folder
+from para.run.folder import run_dir_of
 from para.run.model_card import write_model_card
 from para.run.preflight import preflight
 from para.run.registry import METHODS
@@ -60,15 +61,6 @@ INTERRUPTED = (
 )
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
-    """Hydra's output folder when launched through Hydra (honours hydra.run.dir), else cfg.run_dir."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(cfg.run_dir)
-
-
 def flip_p(cfg: DictConfig) -> float:
     """The training photos' mirror probability: `data.flip_p`, unless the subject must not be mirrored (text, logos,
     asymmetric print: `subject.flip=false` in conf/subject/)."""
@@ -88,8 +80,9 @@ class Run:
     `pipeline(model_cfg, device)`, `before_attach(pipe, method)` and `after_run(pipe, method, ok)`); None: the run
     loads its own."""
 
-    def __init__(self, cfg: DictConfig, base: Any = None):
+    def __init__(self, cfg: DictConfig, base: Any = None, checked: dict[str, Any] | None = None):
         self.cfg = cfg
+        self.checked = checked  # what `preflight(cfg, run_dir)` returned, when the caller ran it (run.py does)
         self.run_dir = run_dir_of(cfg)
         self.resolution = cfg.model.resolution
         self.metrics: dict[str, Any] = {}
@@ -104,7 +97,7 @@ class Run:
         cfg = self.cfg
         with stop_on_signals():
             # every input and the resource plan, before the run folder exists; raises listing all problems
-            found = preflight(cfg, self.run_dir)
+            found = preflight(cfg, self.run_dir) if self.checked is None else self.checked
             lock = FolderLock(self.run_dir, wait_s=cfg.lock_wait).acquire()
             began = False
             try:
@@ -368,5 +361,5 @@ def _train_info(result: TrainResult, method: Method) -> dict:
     }
 
 
-def execute(cfg: DictConfig, base: Any = None) -> dict:
-    return Run(cfg, base).execute()
+def execute(cfg: DictConfig, base: Any = None, checked: dict[str, Any] | None = None) -> dict:
+    return Run(cfg, base, checked).execute()
