@@ -35,6 +35,11 @@ class Protocol:
     lower_is_better: frozenset[str] = field(default_factory=frozenset)
     # real-images reference: (data_root, subject, opts, cache_dir) -> {key: value}; None: no reference row
     real_reference: Callable[..., dict[str, float]] | None = None
+    # Per-image scores for the paper's other experiments (experiments.scoring): (opts, data_root) -> a scorer with
+    # `pretrained` and `score_images(images, prompts, clean_prompts, subjects, tokens)` -> pandas.DataFrame, one
+    # row per image: a column per score, `<key>_<subject>` for each subject asked about and `<key>_min` over them
+    # when there are several. None: the experiments cannot score with this protocol.
+    image_scorer: Callable[..., Any] | None = None
 
 
 def load_protocol(name: str) -> Protocol:

@@ -78,6 +78,7 @@ class Experiment:
     out: Path
     device: torch.device
     runs: list[str] = field(default_factory=list)  # training run folders used (recorded in provenance.json)
+    presets: list[str] = field(default_factory=list)  # the config groups it was composed with (presets_of)
 
     @property
     def base_model(self) -> str:
@@ -88,14 +89,26 @@ class Experiment:
         return self.cfg.sample.resolution or self.cfg.model.resolution
 
 
+def presets_of(name: str, cfg: DictConfig) -> list[str]:
+    """`+experiment=<name>`, and the model's own settings for it when the model has some:
+    conf/model_experiment/<model>_<name>.yaml (e.g. the world's subjects and prompts in its grammar). Hydra cannot
+    choose that file from inside the experiment's preset (a nested defaults list sees no `model` choice)."""
+    model_preset = f"{cfg.model.name}_{name}"
+    if (CONF / "model_experiment" / f"{model_preset}.yaml").is_file():
+        return [f"+experiment={name}", f"+model_experiment={model_preset}"]
+    return [f"+experiment={name}"]
+
+
 def load_experiment(name: str, params_cls: type, argv: Sequence[str]) -> Experiment:
-    """Compose `+experiment=<name>` with `argv` (Hydra override strings), validate, parse the parameters."""
+    """Compose `+experiment=<name>` (and the model's preset for it) with `argv` (Hydra override strings),
+    validate, parse the parameters."""
     overrides = list(argv)
-    cfg = compose([f"+experiment={name}", *overrides])
+    presets = presets_of(name, compose([f"+experiment={name}", *overrides]))
+    cfg = compose([*presets, *overrides])
     validate(cfg)
     params = parse_params(cfg.experiment, params_cls)
     out = Path(params.out)
-    return Experiment(name, cfg, overrides, params, out, resolve_device(cfg.device))
+    return Experiment(name, cfg, overrides, params, out, resolve_device(cfg.device), presets=presets)
 
 
 def train(exp: Experiment, *run_overrides: str, preset: str | None = "self") -> Path:
@@ -108,7 +121,7 @@ def train(exp: Experiment, *run_overrides: str, preset: str | None = "self") -> 
     user = exp.overrides
     head = []
     if preset == "self":
-        head = [f"+experiment={exp.name}"]
+        head = exp.presets or [f"+experiment={exp.name}"]
     else:  # another preset has no `experiment:` node to receive experiment.* overrides
         user = [o for o in user if not override_key(o).startswith("experiment.")]
         head = [f"+experiment={preset}"] if preset else []

@@ -84,7 +84,8 @@ def score_method(scorer: Scorer, folder: Path, method: str, subject: str, source
     frames, rows = [], []
     for entry in read_prompts(folder):
         images = [load_image(folder / name) for name in entry["images"]]
-        frame = scorer.score_images(images, [entry["clean_prompt"]] * len(images), [subject])
+        n = len(images)
+        frame = scorer.score_images(images, [entry["prompt"]] * n, [entry["clean_prompt"]] * n, [subject])
         frame.insert(0, "lpips_source", scorer.lpips_to(images, [source]))
         frame.insert(0, "image", entry["images"])
         frame.insert(0, "prompt", entry["clean_prompt"])

@@ -111,7 +111,7 @@ def run(argv: Sequence[str]) -> pd.DataFrame:
         exp, [adapter_path(r) for r in lora_runs], p.lora_scale, specs, folder / "lora-together"
     )
 
-    per_image, summary, flag = score_conditions(exp, conditions, p.subjects)
+    per_image, summary, flag = score_conditions(exp, conditions, p.subjects, p.tokens)
     notes = [
         f"subjects {p.subjects} (tokens {p.tokens}), PaRa ranks {p.para_ranks} ({p.para_steps} steps), "
         f"LoRA r{p.lora_rank} ({p.lora_steps} steps) at scale {p.lora_scale}, γ cap {p.gamma} (concat); "

@@ -131,7 +131,7 @@ def run(argv: Sequence[str]) -> pd.DataFrame:
     for order in p.orders:
         conditions[order] = ordered(exp, para_run, lora_file, scale, order, specs, folder / order)
 
-    per_image, summary, flag = score_conditions(exp, conditions, subjects)
+    per_image, summary, flag = score_conditions(exp, conditions, subjects, tokens)
     notes = [
         f"PaRa r{p.para_rank} on {p.para_subject} ({p.para_steps} steps) + LoRA {lora_file} at scale s={scale}; "
         f"{len(specs)} prompts x {exp.cfg.sample.images_per_prompt} images; the paper expects para_then_lora "

@@ -52,10 +52,15 @@ class Scorer:
         return self._refs[subject]
 
     def score_images(
-        self, images: Sequence[Image.Image], clean_prompts: Sequence[str], subjects: Sequence[str]
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        clean_prompts: Sequence[str],
+        subjects: Sequence[str],
+        tokens: Sequence[str] = (),
     ) -> pd.DataFrame:
         """One row per image: clip_t, clip_score (the image's 100·cos term), and dino_<s> / clip_i_<s> per subject
-        (+ _min when several)."""
+        (+ _min when several). DreamBench scores the clean prompts: `prompts` and `tokens` are not read."""
         gen_dino = self.models.dino(images)
         gen_clip = self.models.clip.embed_images(images)
         text = self.models.clip.embed_texts(list(clean_prompts))
@@ -78,12 +83,33 @@ class Scorer:
         return metrics.lpips_matrix(images, refs, self.models.lpips, self.opts.lpips_size).mean(1).tolist()
 
 
-def score_folder(scorer: Scorer, folder: Path, subjects: Sequence[str], **labels: Any) -> pd.DataFrame:
-    """Per-image scores of a samples folder, with `labels` (e.g. condition=...) as leading columns."""
+def make_scorer(eval_cfg: Any, data_root: str | Path) -> Any:
+    """The per-image scorer of `eval.backbones`' protocol: DreamBench's backbones (`Scorer`), or the one a
+    registered protocol provides (eval.protocols.Protocol.image_scorer, e.g. the world's exact evaluators)."""
+    from eval.score import DREAMBENCH, protocol_named
+
+    opts = EvalOptions.from_any(eval_cfg)
+    protocol = protocol_named(opts.backbones)
+    if protocol is DREAMBENCH:
+        return Scorer(eval_cfg, data_root)
+    if protocol.image_scorer is None:
+        raise ValueError(
+            f"eval.backbones={opts.backbones}: the {protocol.name} protocol scores whole runs only, and the "
+            "experiments score every image; use eval.backbones=pretrained (or random for a plumbing check)"
+        )
+    return protocol.image_scorer(opts, data_root)
+
+
+def score_folder(
+    scorer: Any, folder: Path, subjects: Sequence[str], tokens: Sequence[str] = (), **labels: Any
+) -> pd.DataFrame:
+    """Per-image scores of a samples folder, with `labels` (e.g. condition=...) as leading columns. `tokens`:
+    the identifier of each subject, as the prompts name them."""
     rows = []
     for entry in read_prompts(folder):
         images = [load_image(folder / name) for name in entry["images"]]
-        frame = scorer.score_images(images, [entry["clean_prompt"]] * len(images), subjects)
+        n = len(images)
+        frame = scorer.score_images(images, [entry["prompt"]] * n, [entry["clean_prompt"]] * n, subjects, tokens)
         frame.insert(0, "image", entry["images"])
         frame.insert(0, "prompt", entry["clean_prompt"])
         frame.insert(0, "prompt_index", entry["prompt_index"])
@@ -104,12 +130,12 @@ def summarize(per_image: pd.DataFrame, by: str | list[str]) -> pd.DataFrame:
     return summary
 
 
-def score_conditions(exp: Any, conditions: dict[str, Path], subjects: Sequence[str]):
+def score_conditions(exp: Any, conditions: dict[str, Path], subjects: Sequence[str], tokens: Sequence[str] = ()):
     """Per-image scores of every condition's samples, their per-condition means, and the comparability flags."""
     from experiments.report import flags
 
-    scorer = Scorer(exp.cfg.eval, exp.cfg.data.root)
+    scorer = make_scorer(exp.cfg.eval, exp.cfg.data.root)
     per_image = pd.concat(
-        [score_folder(scorer, f, subjects, condition=c) for c, f in conditions.items()], ignore_index=True
+        [score_folder(scorer, f, subjects, tokens, condition=c) for c, f in conditions.items()], ignore_index=True
     )
     return per_image, summarize(per_image, "condition"), flags(exp, scorer.pretrained)

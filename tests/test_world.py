@@ -20,6 +20,7 @@ from world.render import (
     random_scene,
     render,
     subject_photo_scenes,
+    subject_thing,
 )
 from world.scorer import parse_prompt
 from world.subject_configs import subject_yaml
@@ -127,3 +128,27 @@ def test_the_world_protocol_is_found_through_its_entry_point():
 def test_an_empty_scene_renders_its_background():
     image = render(Scene("purple"))
     assert (image == image[0, 0]).all()
+
+
+def test_the_world_image_scorer_reads_two_subjects_from_one_render():
+    """Oracle: the renderer. Two world subjects drawn side by side are both read back (each in its own slot); one
+    subject drawn twice shows only one of them; a prompt's background and slots decide prompt fidelity. What
+    `make multi-subject MODEL=world` and `make para-lora MODEL=world` score their images with."""
+    from PIL import Image
+
+    from world.scorer import PROTOCOL
+
+    rng = np.random.default_rng(0)
+    two = Scene("black", (subject_thing(rng, "sun_disc", "left"), subject_thing(rng, "eye_tri", "right")))
+    twice = Scene("black", (subject_thing(rng, "sun_disc", "left"), subject_thing(rng, "sun_disc", "right")))
+    images = [Image.fromarray(render(scene)) for scene in (two, twice)]
+    prompt = "a photo of sks circle on the left and zwx triangle on the right on a black background"
+    wrong = prompt.replace("black", "white")
+    scorer = PROTOCOL.image_scorer(None, "world/assets/subjects")
+    frame = scorer.score_images(images, [prompt, wrong], ["", ""], ["sun_disc", "eye_tri"], ["sks", "zwx"])
+    assert frame["identity_sun_disc"].tolist()[0] > 0.9 and frame["identity_eye_tri"].tolist()[0] > 0.9
+    assert frame["both_shown"].tolist() == [1.0, 0.0] and frame["identity_min"].tolist()[1] < 0.1
+    assert frame["prompt_fidelity"].tolist()[0] == 1.0 and frame["prompt_fidelity"].tolist()[1] < 1.0
+    assert scorer.pretrained
+    with pytest.raises(ValueError, match="world's subjects"):
+        scorer.score_images(images, [prompt] * 2, ["", ""], ["dog"], ["sks"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -51,9 +52,10 @@ class ThingSpec:
     position: str | None
 
 
-def parse_prompt(prompt: str, token: str) -> tuple[str | None, list[ThingSpec]]:
+def parse_prompt(prompt: str, token: str | Sequence[str]) -> tuple[str | None, list[ThingSpec]]:
     """(background, things) named by a world prompt, e.g. "a photo of sks circle on the left and a red square on
-    the right on a black background"."""
+    the right on a black background"; a thing is a subject when it names `token` (or one of several)."""
+    tokens = {token} if isinstance(token, str) else set(token)
     text = prompt.lower().strip()
     background = None
     match = re.search(r" on an? (\w+) background$", text)
@@ -67,7 +69,7 @@ def parse_prompt(prompt: str, token: str) -> tuple[str | None, list[ThingSpec]]:
         words = part.split()
         things.append(
             ThingSpec(
-                subject=token in words,
+                subject=bool(tokens & set(words)),
                 shape=next((w for w in words if w in SHAPES), None),
                 colour=next((w for w in words if w in COLOURS), None),
                 position=position,
@@ -188,6 +190,68 @@ def real_reference(data_root: str, subject: str, opts: Any, cache_dir: Any) -> d
     }
 
 
+class WorldImageScorer:
+    """Per-image world scores for the paper's other experiments (eval.protocols.Protocol.image_scorer): for each
+    subject asked about, `identity_<s>` (probability the image shows it) and `similarity_<s>` (cosine to its
+    photos); with several subjects `identity_min` and `both_shown` (every subject present, each in a slot of its
+    own: two subjects, not one hybrid read twice); and `prompt_fidelity`, the share of the prompt's attributes
+    the image shows (the subjects' positions, the background, other objects' shape and colour)."""
+
+    pretrained = True  # the evaluator is trained: exact in its world (the banner says whose numbers they are)
+
+    def __init__(self, opts: Any, data_root: str | Path):
+        self.evaluator = load_evaluator()
+        self.data_root = data_root
+        self._references: dict[str, torch.Tensor] = {}
+
+    def reference(self, subject: str) -> torch.Tensor:
+        if subject not in SUBJECT_NAMES:
+            raise ValueError(
+                f"eval.backbones=world reads the world's subjects {SUBJECT_NAMES}, not {subject!r}; score "
+                "DreamBooth subjects with eval.backbones=pretrained"
+            )
+        if subject not in self._references:
+            photos = [load_rgb(p) for p in subject_photos(self.data_root, subject)]
+            self._references[subject] = read_attributes(self.evaluator, to_input(photos))["embedding"]
+        return self._references[subject]
+
+    def score_images(
+        self,
+        images: Sequence[Any],
+        prompts: Sequence[str],
+        clean_prompts: Sequence[str],
+        subjects: Sequence[str],
+        tokens: Sequence[str] = (),
+    ) -> Any:
+        import pandas as pd
+
+        read = read_attributes(self.evaluator, to_input(list(images)))
+        cols: dict[str, Any] = {}
+        slots = []
+        for subject in subjects:
+            reference = self.reference(subject)  # refuses a subject of another world first
+            per_slot = read["present"] * read["identity"][..., 1 + SUBJECT_NAMES.index(subject)]  # (N, slots)
+            cols[f"identity_{subject}"] = per_slot.max(dim=-1).values.tolist()
+            cols[f"similarity_{subject}"] = (read["embedding"] @ reference.T).mean(dim=1).tolist()
+            slots.append(per_slot)
+        if len(subjects) > 1:
+            cols["identity_min"] = [min(v) for v in zip(*(cols[f"identity_{s}"] for s in subjects), strict=True)]
+            cols["both_shown"] = [float(_all_in_own_slots([p[i] for p in slots])) for i in range(len(images))]
+        fidelity = []
+        for i, prompt in enumerate(prompts):
+            background, things = parse_prompt(prompt, list(tokens))
+            hits = fidelity_hits(read, i, background, things)
+            fidelity.append(float(np.mean(hits)) if hits else float("nan"))
+        cols["prompt_fidelity"] = fidelity
+        return pd.DataFrame(cols)
+
+
+def _all_in_own_slots(per_slot: list[torch.Tensor]) -> bool:
+    """Whether every subject is present (probability > PRESENT_AT) in a slot no other subject takes."""
+    best = [int(p.argmax()) for p in per_slot]
+    return all(float(p.max()) > PRESENT_AT for p in per_slot) and len(set(best)) == len(best)
+
+
 def missing(opts: Any) -> list[str]:
     if EVALUATOR_FILE.is_file():
         return []
@@ -216,4 +280,5 @@ PROTOCOL = Protocol(
     banner=BANNER,
     lower_is_better=frozenset({"leak"}),
     real_reference=real_reference,
+    image_scorer=WorldImageScorer,
 )
