@@ -248,6 +248,13 @@ ifeq ($(MODEL),sdxl)
 EXP_SAMPLE     ?=
 ABLATION_ARGS  ?=
 STUDY_SUBJECTS ?= [dog,cat,backpack,teapot]
+else ifeq ($(MODEL),world)
+# The world's sampler and prompts (conf/model/world.yaml, conf/model_experiment/world_*.yaml); the ablation is
+# the rank trade-off on two subjects (γ off: the world's layers are too narrow for γ = 1/40, docs/world.md).
+EXP_SAMPLE     ?=
+ABLATION_ARGS  ?= experiment.subjects=[sun_disc,eye_tri] experiment.ranks=[1,2,4,8,16] experiment.gammas=[null] \
+                  experiment.subsets=[] experiment.inits=[] experiment.steps_curve=[]
+STUDY_SUBJECTS ?= [sun_disc,eye_tri]
 else
 EXP_SAMPLE     ?= sample.num_prompts=2 sample.images_per_prompt=2 sample.steps=10
 ABLATION_ARGS  ?= experiment.subjects=[dog] experiment.ranks=[1,4,16] experiment.subsets=[noxattn,selfattn] \

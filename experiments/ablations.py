@@ -28,13 +28,14 @@ from typing import Any
 import pandas as pd
 
 from eval.plots import category_axis, power_of_two_axis, score_axis, styles
+from eval.protocols import Protocol
+from eval.score import protocol_named
 from eval.table import collect_runs
 from experiments.common import REPO, Experiment, compose, load_experiment, main_entry, merge_overrides
 from experiments.report import banners, flags, label_grid, open_images, write_provenance, write_table
 from para.core.io import read_json
 
 log = logging.getLogger("experiments.ablations")
-METRICS = ["dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim"]
 COSTS = ["trainable_params", "train_seconds"]
 # The columns naming a cell's setting, per ablation: the x axis last (the plots' x, the others are lines).
 KEYS = {"rank": ["gamma", "rank"], "subset": ["subset"], "init": ["init", "lr"], "steps": ["method", "steps"]}
@@ -147,15 +148,17 @@ def select(runs: pd.DataFrame, p: Params, base: dict[str, Any]) -> dict[str, pd.
     }
 
 
-def summarize(selected: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per ablation setting: means over subjects and seeds, with the number of runs behind them."""
+def summarize(selected: dict[str, pd.DataFrame], metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per ablation setting: means of `metrics` (the protocol's scores) and the costs over subjects and
+    seeds, with the number of runs behind them."""
+    metrics = list(metrics)
     tables = []
     for ablation, runs in selected.items():
         if runs.empty:
             continue
         keys = KEYS[ablation]
         grouped = runs.groupby(keys, sort=True)
-        table = grouped[METRICS + COSTS].mean().reset_index()
+        table = grouped[metrics + COSTS].mean().reset_index()
         table.insert(0, "ablation", ablation)
         if "method" not in keys:
             table.insert(1, "method", "+".join(sorted(runs["method"].unique())))
@@ -163,9 +166,9 @@ def summarize(selected: dict[str, pd.DataFrame]) -> pd.DataFrame:
         table["n_subjects"] = grouped["subject"].nunique().values
         tables.append(table)
     if not tables:
-        return pd.DataFrame(columns=["ablation", *METRICS])
+        return pd.DataFrame(columns=["ablation", *metrics])
     columns = ["ablation", "method", "rank", "gamma", "subset", "init", "lr", "steps", "n_runs", "n_subjects"]
-    columns += [*METRICS, *COSTS]
+    columns += [*metrics, *COSTS]
     table = pd.concat(tables, ignore_index=True)
     for column in ("rank", "steps", "trainable_params"):  # integers, missing where an ablation does not vary them
         if column in table:
@@ -173,8 +176,9 @@ def summarize(selected: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return table[[c for c in columns if c in table.columns]]
 
 
-def plot(table: pd.DataFrame, ablation: str, path: Path, banner: bool) -> None:
-    """DINO, CLIP-I and CLIP-T against the ablation's x (rank, subset, steps), one line per remaining key."""
+def plot(table: pd.DataFrame, ablation: str, path: Path, banner: str | None, protocol: Protocol) -> None:
+    """The protocol's subject scores and its text alignment (DreamBench: DINO, CLIP-I, CLIP-T) against the
+    ablation's x (rank, subset, steps), one line per remaining key; `banner` heads the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,19 +186,20 @@ def plot(table: pd.DataFrame, ablation: str, path: Path, banner: bool) -> None:
 
     rows = table[table["ablation"] == ablation]
     *hue, x = KEYS[ablation]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    metrics = [*protocol.reference_keys, protocol.alignment]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.8))
     groups = rows.groupby(hue, sort=True) if hue else [((ablation,), rows)]
     for (label, group), (style, look) in zip(groups, styles(), strict=False):  # styles() cycles
         values = label if isinstance(label, tuple) else (label,)
         name = ", ".join(f"{h}={v}" for h, v in zip(hue, values, strict=False))
         # subsets are categories: markers only, a line between them would suggest an order
         fmt = style[0] if x == "subset" else style
-        for ax, metric in zip(axes, ["dino", "clip_i", "clip_t"], strict=True):
+        for ax, metric in zip(axes, metrics, strict=True):
             xs = group[x].astype(str) if x == "subset" else group[x]
             ax.plot(xs, group[metric], fmt, label=name or None, **look)
-    for ax, metric in zip(axes, ["DINO", "CLIP-I", "CLIP-T"], strict=True):
+    for ax, metric in zip(axes, metrics, strict=True):
         ax.set_xlabel(x)
-        ax.set_ylabel(metric)
+        ax.set_ylabel(protocol.labels.get(metric, metric))
         score_axis(ax)
         if x == "rank":
             power_of_two_axis(ax, rows[x].dropna().astype(int).tolist())
@@ -205,9 +210,7 @@ def plot(table: pd.DataFrame, ablation: str, path: Path, banner: bool) -> None:
     if hue:  # one legend for the three panels, below them, instead of one covering each panel's data
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.suptitle(
-        ("RANDOM BACKBONES / WEIGHTS — not comparable with any paper: " if banner else "") + f"{ablation} ablation"
-    )
+    fig.suptitle((f"{banner}: " if banner else "") + f"{ablation} ablation", fontsize=9 if banner else None)
     fig.tight_layout(rect=(0, 0.08 if hue else 0, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -246,9 +249,11 @@ def run(argv: Sequence[str]) -> pd.DataFrame:
 
     runs = collect(exp.out)
     selected = select(runs, p, base)
-    table = summarize(selected)
+    protocol = protocol_named(exp.cfg.eval.backbones)
+    table = summarize(selected, [k for k in protocol.score_keys if k in runs.columns])
     pretrained = runs["backbones_pretrained"].dropna()
     flag = flags(exp, bool(pretrained.astype(bool).all()) if len(pretrained) else None)
+    shown = banners(flag) + ([protocol.banner] if protocol.banner else [])
     unusable = runs[(runs["status"] != "finished") | ~runs["has_scores"].astype(bool)]
     failed = {k: v for k, v in statuses.items() if v != 0}
     notes = [
@@ -258,11 +263,12 @@ def run(argv: Sequence[str]) -> pd.DataFrame:
         *([f"sweeps that reported failed cells: {sorted(failed)}"] if failed else []),
     ]
     exp.out.mkdir(parents=True, exist_ok=True)
-    write_table(runs.drop(columns=["eval"]).assign(**flag), exp.out, "runs", "Ablations: every cell", banners(flag))
-    write_table(table.assign(**flag), exp.out, "ablations", "Ablations", [*banners(flag), *notes])
+    write_table(runs.drop(columns=["eval"]).assign(**flag), exp.out, "runs", "Ablations: every cell", shown)
+    write_table(table.assign(**flag), exp.out, "ablations", "Ablations", [*shown, *notes])
+    banner = "RANDOM BACKBONES / WEIGHTS — not comparable with any paper" if banners(flag) else protocol.banner
     for ablation in KEYS:
         if (table["ablation"] == ablation).any():
-            plot(table, ablation, exp.out / f"{ablation}.png", bool(banners(flag)))
+            plot(table, ablation, exp.out / f"{ablation}.png", banner, protocol)
     image = grid(selected, p.subjects[0], exp.cfg.seed) if p.subjects else None
     if image is not None:
         image.save(exp.out / "grid.png")

@@ -230,7 +230,9 @@ def subject_info(name: str) -> DictConfig:
     if not path.is_file():
         known = sorted(p.stem for p in (CONF / "subject").glob("*.yaml"))
         raise ValueError(f"unknown subject {name!r}; expected one of {known}")
-    return OmegaConf.load(path)
+    node = OmegaConf.load(path)
+    # a subject with photos of its own (the world's) is a global package: `subject:` beside its `data:`
+    return node.subject if "subject" in node else node
 
 
 def limit(specs: list[PromptSpec], num_prompts: int | None) -> list[PromptSpec]:

@@ -198,7 +198,8 @@ def test_ablation_sweeps_and_table(tmp_path):
         "para": {"rank": 4, "gamma": "0.025", "subset": "noxattn", "init": "gaussian", "lr": 1e-4},
         "lora": {"rank": 16, "gamma": "n/a", "subset": "noxattn", "init": "gaussian", "lr": 1e-4},
     }
-    table = ablations.summarize(ablations.select(ablations.collect(tmp_path), p, base))
+    dreambench = ablations.protocol_named("dreambench")
+    table = ablations.summarize(ablations.select(ablations.collect(tmp_path), p, base), dreambench.score_keys)
     cells = ["ablation", "method", "rank", "gamma", "subset", "init", "lr", "steps"]
     by = {tuple(None if pd.isna(v) else v for v in r[cells]): r for _, r in table.iterrows()}
     # (init and lr are None where an ablation does not vary them)
@@ -212,7 +213,7 @@ def test_ablation_sweeps_and_table(tmp_path):
     assert by["steps", "lora", None, None, None, None, None, 4].dino == pytest.approx(0.14)
     assert len(table) == 4 + 2 + 4 + 4
     for ablation in ("rank", "init"):
-        ablations.plot(table, ablation, tmp_path / f"{ablation}.png", banner=True)
+        ablations.plot(table, ablation, tmp_path / f"{ablation}.png", "RANDOM", dreambench)
         assert (tmp_path / f"{ablation}.png").stat().st_size > 0
     assert ablations.grid(ablations.select(ablations.collect(tmp_path), p, base), "dog", 0) is not None
 

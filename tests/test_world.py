@@ -152,3 +152,17 @@ def test_the_world_image_scorer_reads_two_subjects_from_one_render():
     assert scorer.pretrained
     with pytest.raises(ValueError, match="world's subjects"):
         scorer.score_images(images, [prompt] * 2, ["", ""], ["dog"], ["sks"])
+
+
+def test_world_subjects_fill_the_experiments_prompts():
+    """A world subject's config is a global package (`subject:` beside its `data:`): the experiments read its class
+    word all the same (it once failed with "Missing key class_word")."""
+    from experiments.common import compose, load_experiment, multi_subject_prompts
+    from experiments.multi_subject import Params
+
+    exp = load_experiment("multi_subject", Params, ["model=world", "run_dir=unused"])
+    (spec, *_) = multi_subject_prompts(exp.params.prompts, exp.params.subjects, exp.params.tokens)
+    assert spec.prompt == "a photo of sks circle on the left and zwx triangle on the right"
+    assert spec.clean_prompt == "a photo of circle on the left and triangle on the right"
+    assert exp.cfg.experiment.gamma is None and exp.cfg.eval.backbones == "world"
+    assert compose(["+experiment=multi_subject"]).experiment.subjects == ["dog", "pink_sunglasses"]  # SDXL's own

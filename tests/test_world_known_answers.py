@@ -93,9 +93,11 @@ TRIED_ON = {
 }
 # Bugs the world does not see yet, and why (docs/world.md): strict, so that a world that catches one says so.
 UNSEEN = {
-    "pooled_zeroed": "the world model's pooled embedding repeats what its token embeddings say",
-    # (the random-weight suite catches this one: a LoRA file reloaded in stock diffusers draws other images)
-    "lora_scale_lost": "in the world, LoRA sampled at 1.0 shows the subject more than at the paper's 2.2",
+    # (the random-weight suite catches both: tests/test_conditioning.py's oracle sees the zeroed pooled embedding;
+    # a LoRA file reloaded in stock diffusers draws other images without its scale)
+    "pooled_zeroed": "a subject trained with the pooled embedding zeroed is still learnt: the world model leans on "
+    "its token embeddings",
+    "lora_scale_lost": "the world's LoRA samples at its calibrated α = 1.0, where a lost scale changes nothing",
 }
 
 
