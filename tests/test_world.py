@@ -166,3 +166,28 @@ def test_world_subjects_fill_the_experiments_prompts():
     assert spec.clean_prompt == "a photo of circle on the left and triangle on the right"
     assert exp.cfg.experiment.gamma is None and exp.cfg.eval.backbones == "world"
     assert compose(["+experiment=multi_subject"]).experiment.subjects == ["dog", "pink_sunglasses"]  # SDXL's own
+
+
+def test_experiment_claims_read_paired_images(tmp_path):
+    """The claims table's experiment rows: condition a minus b over images with the same prompt and seed, a BCa
+    interval over those pairs, and the verdict it implies (independent check: the pairs' mean by hand)."""
+    import pandas as pd
+
+    from world import claims
+
+    rows = []
+    for prompt in range(5):
+        for image in range(4):
+            shown = float((prompt + image) % 4 != 0)  # PaRa shows both in 15 of 20 images
+            pair = {"prompt_index": prompt, "image": f"p{prompt}_i{image}"}
+            rows += [
+                {"condition": "para-concat", **pair, "both_shown": shown},
+                {"condition": "lora-together", **pair, "both_shown": 0.0},
+            ]
+    (tmp_path / "multi_subject" / "a+b").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(tmp_path / "multi_subject" / "a+b" / "per_image.csv", index=False)
+    (row,) = claims.multi_subject_claims(tmp_path / "multi_subject")
+    assert "para-concat 0.750 vs lora-together 0.000 (+0.750)" in row["world's figure"]
+    assert "(20 paired images)" in row["95 % interval"] and row["verdict"] == "**holds**"
+    table = claims.claims(tmp_path / "none", tmp_path / "none", tmp_path)
+    assert (table["verdict"] == "not measured in the world yet").sum() == 2  # PaRa + LoRA and the rank trade-off

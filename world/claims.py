@@ -1,7 +1,8 @@
 """The paper's claims against the world's numbers (`python -m world.claims`): one row per claim, with the world's
 figure, its 95 % interval and a verdict — holds, does not hold, or inconclusive (the interval straddles zero) — or
 "not measured" when the experiment behind it has not been run in the world. Reads the world's Table 1
-(runs/world/table1/, `make reproduce-table1 MODEL=world`) and calibration (runs/world/calibration/,
+(runs/world/table1/, `make reproduce-table1 MODEL=world`), its experiments (runs/world/{multi_subject,para_lora,
+ablations}/: `make multi-subject|para-lora|ablations MODEL=world`) and calibration (runs/world/calibration/,
 `make world-calibrate`); writes runs/world/claims.md and docs/world.md ("The paper's claims in the world").
 """
 
@@ -10,12 +11,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE1 = ROOT / "runs" / "world" / "table1"
 CALIBRATION = ROOT / "runs" / "world" / "calibration"
+EXPERIMENTS = ROOT / "runs" / "world"
+NOT_RUN = {
+    "multi": "Combined PaRa adapters show both subjects where combined LoRAs do not",
+    "para_lora": "PaRa + an existing LoRA keeps both (PaRa on top of the LoRA'd weights loses neither)",
+    "rank": "A lower PaRa rank trades subject fidelity for prompt fidelity (diversity)",
+}
 
 
 def verdict(lo: float, hi: float, better: str) -> str:
@@ -84,23 +92,22 @@ def rank_claim(folder: Path) -> list[dict]:
     if len(rows) < 2:
         return []
     low, high = rows.iloc[0], rows.iloc[-1]
-    identity, fidelity = (
-        high["subject_identity"] - low["subject_identity"],
-        low["prompt_fidelity"] - high["prompt_fidelity"],
-    )
-    holds = identity > 0 and fidelity > 0
-    return [
-        {
-            "claim": "A lower PaRa rank trades subject fidelity for prompt fidelity (diversity)",
-            "world's figure": (
-                f"rank {low['value']} → {high['value']}: identity {low['subject_identity']:.3f} → "
-                f"{high['subject_identity']:.3f}, prompt fidelity {low['prompt_fidelity']:.3f} → "
-                f"{high['prompt_fidelity']:.3f}"
-            ),
-            "95 % interval": "none (2 subjects, 1 seed: a direction, not a test)",
-            "verdict": "direction as claimed" if holds else "direction not as claimed",
-        }
-    ]
+    return [rank_row(low["value"], high["value"], low, high, "none (2 subjects, 1 seed: a direction, not a test)")]
+
+
+def rank_row(low_rank: Any, high_rank: Any, low: pd.Series, high: pd.Series, interval: str) -> dict[str, str]:
+    """The rank claim from the lowest and the highest rank's mean scores: a direction, not a test."""
+    holds = high["subject_identity"] > low["subject_identity"] and low["prompt_fidelity"] > high["prompt_fidelity"]
+    return {
+        "claim": NOT_RUN["rank"],
+        "world's figure": (
+            f"rank {low_rank} → {high_rank}: identity {low['subject_identity']:.3f} → "
+            f"{high['subject_identity']:.3f}, prompt fidelity {low['prompt_fidelity']:.3f} → "
+            f"{high['prompt_fidelity']:.3f}"
+        ),
+        "95 % interval": interval,
+        "verdict": "direction as claimed" if holds else "direction not as claimed",
+    }
 
 
 def paired_images(per_image: pd.DataFrame, a: str, b: str, column: str) -> tuple[float, float, float, int]:
@@ -132,15 +139,18 @@ def experiment_row(
     }
 
 
+def per_image_scores(folder: Path) -> pd.DataFrame:
+    """An experiment's per-image scores (`<out>/<pair>/per_image.csv`); empty when it has not run."""
+    files = sorted(folder.glob("*/per_image.csv"))
+    return pd.read_csv(files[0]) if files else pd.DataFrame(columns=["condition"])
+
+
 def multi_subject_claims(folder: Path) -> list[dict]:
     """`make multi-subject MODEL=world`: the PaRa combination against the two LoRAs loaded together."""
-    files = sorted(folder.glob("*/per_image.csv"))
-    if not files:
-        return []
-    per_image = pd.read_csv(files[0])
-    claim = "Combined PaRa adapters show both subjects where combined LoRAs do not"
+    per_image = per_image_scores(folder)
+    what = "both subjects shown, each in its own slot"
     rows = [
-        experiment_row(per_image, claim, c, "lora-together", "both_shown", "both subjects shown, each in its own slot")
+        experiment_row(per_image, NOT_RUN["multi"], c, "lora-together", "both_shown", what)
         for c in sorted(set(per_image["condition"]))
         if c.startswith("para-")
     ]
@@ -149,12 +159,10 @@ def multi_subject_claims(folder: Path) -> list[dict]:
 
 def para_lora_claims(folder: Path) -> list[dict]:
     """`make para-lora MODEL=world`: PaRa on one subject plus a LoRA trained on another, in both orders."""
-    files = sorted(folder.glob("*/per_image.csv"))
-    if not files:
-        return []
-    per_image = pd.read_csv(files[0])
-    claim = "PaRa + an existing LoRA keeps both (PaRa on top of the LoRA'd weights loses neither)"
-    row = experiment_row(per_image, claim, "para_then_lora", "lora_then_para", "both_shown", "both subjects shown")
+    per_image = per_image_scores(folder)
+    row = experiment_row(
+        per_image, NOT_RUN["para_lora"], "para_then_lora", "lora_then_para", "both_shown", "both subjects shown"
+    )
     return [row] if row else []
 
 
@@ -168,27 +176,8 @@ def rank_claim_from_ablation(folder: Path) -> list[dict]:
     if len(rows) < 2 or "subject_identity" not in rows:
         return []
     low, high = rows.iloc[0], rows.iloc[-1]
-    holds = high["subject_identity"] > low["subject_identity"] and low["prompt_fidelity"] > high["prompt_fidelity"]
-    return [
-        {
-            "claim": "A lower PaRa rank trades subject fidelity for prompt fidelity (diversity)",
-            "world's figure": (
-                f"rank {int(low['rank'])} → {int(high['rank'])}: identity {low['subject_identity']:.3f} → "
-                f"{high['subject_identity']:.3f}, prompt fidelity {low['prompt_fidelity']:.3f} → "
-                f"{high['prompt_fidelity']:.3f}"
-            ),
-            "95 % interval": f"none ({int(low['n_subjects'])} subjects, one seed: a direction, not a test)",
-            "verdict": "direction as claimed" if holds else "direction not as claimed",
-        }
-    ]
-
-
-EXPERIMENTS = ROOT / "runs" / "world"
-NOT_RUN = {
-    "multi": "Combined PaRa adapters show both subjects where combined LoRAs do not",
-    "para_lora": "PaRa + an existing LoRA keeps both (PaRa on top of the LoRA'd weights loses neither)",
-    "rank": "A lower PaRa rank trades subject fidelity for prompt fidelity (diversity)",
-}
+    interval = f"none ({int(low['n_subjects'])} subjects, one seed: a direction, not a test)"
+    return [rank_row(int(low["rank"]), int(high["rank"]), low, high, interval)]
 
 
 def claims(table1: Path = TABLE1, calibration: Path = CALIBRATION, experiments: Path = EXPERIMENTS) -> pd.DataFrame:
