@@ -222,3 +222,24 @@ def test_dashboard_spec_builds_offline_with_the_comparison_panels(monkeypatch):
     assert '"value": ["model:sdxl"]' in view and "eval/per_prompt" in view
     assert [s.name for s in workspace.sections] == ["Scores", "Training", "Samples"]
     assert "BarPlot" in dashboard.describe(report)
+
+
+def test_a_world_run_logs_the_worlds_scores_to_the_same_dashboards(tmp_path):
+    """A real world run (model=world, eval.backbones=world, no stand-in scorer): its W&B run holds the world's
+    scores as summary values and a per-prompt table with the world's columns, under the method's group."""
+    from conftest import compose_config
+
+    from world.scorer import SCORE_KEYS as WORLD_KEYS
+
+    cfg = compose_config("model=world", "subject=sun_disc", "method=para", *WANDB, f"run_dir={tmp_path / 'run'}")
+    metrics = execute(cfg)
+    run = read_offline_run(Path(cfg.run_dir))
+    assert metrics["status"] == "finished" and run.group == "para" and "model:world" in run.tags
+    assert metrics["scores"]["protocol"] == "world"
+    assert run.summary["eval/subject_identity"] == pytest.approx(metrics["scores"]["subject_identity"])
+    (table_file,) = run.media("table/eval/per_prompt_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["prompt_index", "prompt", "images", *WORLD_KEYS]
+    assert [row[3] for row in table["data"]] == pytest.approx(
+        [p["subject_identity"] for p in metrics["scores"]["per_prompt"]]
+    )

@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-SCORE_COLUMNS = ("dino", "clip_i", "clip_t", "clip_score", "lpips", "ssim")
 UPLOAD_LIMIT_BYTES = 1 << 30  # adapter files above this are logged as references to the local file
 
 
@@ -235,13 +234,16 @@ def log_scores(logger: Any, run_dir: Path, scores: dict[str, Any]) -> None:
     per_prompt = scores.get("per_prompt") or []
     if not per_prompt:
         return
+    from eval.score import protocol_named
+
+    columns = protocol_named(scores.get("protocol")).score_keys  # DreamBench's, or e.g. the world's
     samples = run_dir / "samples"
     images = {e["prompt_index"]: e["images"] for e in json.loads((samples / "prompts.json").read_text())}
     rows = []
     for entry in per_prompt:
         grid = image_grid([open_image(samples / name) for name in images[entry["prompt_index"]]])
-        rows.append([entry["prompt_index"], entry["prompt"], grid, *(entry.get(k) for k in SCORE_COLUMNS)])
-    logger.log_table("eval/per_prompt", ["prompt_index", "prompt", "images", *SCORE_COLUMNS], rows)
+        rows.append([entry["prompt_index"], entry["prompt"], grid, *(entry.get(k) for k in columns)])
+    logger.log_table("eval/per_prompt", ["prompt_index", "prompt", "images", *columns], rows)
 
 
 def open_image(path: Path) -> Image.Image:
