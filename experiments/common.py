@@ -272,9 +272,14 @@ def main_entry(run: Any) -> None:
     from para.core.models import ModelLoadError
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s", datefmt="%H:%M:%S")
+    from para.core.interrupts import RunInterrupted
+
     user_errors = (ModelLoadError, DataError, AdapterFileError, FolderBusy, ValueError)
     try:
         run(sys.argv[1:])
+    except RunInterrupted as stop:  # SIGTERM or Ctrl-C mid-training: the run keeps its checkpoint
+        log.warning("stopped by %s; re-run the same command to continue", stop.signal_name)
+        sys.exit(stop.exit_code)
     except (*user_errors, HydraException, OmegaConfBaseException) as err:
         log.error("%s", err)
         sys.exit(2)

@@ -367,3 +367,21 @@ def test_make_study_sheet_end_to_end(tmp_path):
     )
     assert len(key) == 1 and (tmp_path / "sheet" / "index.html").is_file()
     assert (tmp_path / "answer_key.json").is_file() and (tmp_path / "grid.png").is_file()
+
+
+def test_an_experiment_stopped_by_sigterm_exits_like_a_run(monkeypatch, caplog):
+    """SIGTERM mid-training (a scheduler's preemption, `kill`) ends `python -m experiments.<name>` with 143 and the
+    way on, not a RunInterrupted traceback (found stopping `make multi-subject MODEL=world`)."""
+    import signal
+
+    from experiments.common import main_entry
+    from para.core.interrupts import RunInterrupted
+
+    def interrupted(_argv):
+        raise RunInterrupted(signal.SIGTERM, at_boundary=True)
+
+    monkeypatch.setattr("sys.argv", ["experiments.multi_subject"])
+    with pytest.raises(SystemExit) as stop:
+        main_entry(interrupted)
+    assert stop.value.code == 143
+    assert "stopped by SIGTERM; re-run the same command to continue" in caplog.text
