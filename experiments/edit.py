@@ -17,9 +17,11 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
+from pandas.api.types import is_float_dtype
 
 from eval import metrics
 from eval.clip_score import clip_score_of
@@ -35,7 +37,7 @@ from experiments.common import (
     with_adapter,
 )
 from experiments.report import file_digest, flags, label_grid, sampling_fingerprint, write_outputs
-from experiments.scoring import Scorer
+from experiments.scoring import make_scorer
 from para.core.data import image_files, subject_dir
 from para.core.sampling import PromptSpec, read_prompts
 
@@ -79,14 +81,22 @@ def train_one_shot(exp: Experiment, method: str) -> Path:
     return train(exp, f"method={method}", f"subject={p.subject}", f"steps={p.steps}", f"run_dir={run_dir}")
 
 
-def score_method(scorer: Scorer, folder: Path, method: str, subject: str, source) -> tuple[pd.DataFrame, list[dict]]:
-    """Per-image scores and per-prompt rows (SSIM over seeds, LPIPS to the source, CLIP score) of one method."""
+def score_method(
+    scorer: Any, folder: Path, method: str, subject: str, token: str, source
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Per-image scores and per-prompt rows of one method: SSIM over seeds (consistency), and the mean of each of
+    the protocol's per-image scores (DreamBench: LPIPS to the source, the CLIP score, CLIP-T, DINO; the world:
+    identity, similarity, prompt fidelity)."""
     frames, rows = [], []
     for entry in read_prompts(folder):
         images = [load_image(folder / name) for name in entry["images"]]
         n = len(images)
-        frame = scorer.score_images(images, [entry["prompt"]] * n, [entry["clean_prompt"]] * n, [subject])
-        frame.insert(0, "lpips_source", scorer.lpips_to(images, [source]))
+        frame = scorer.score_images(images, [entry["prompt"]] * n, [entry["clean_prompt"]] * n, [subject], [token])
+        if hasattr(scorer, "lpips_to"):  # DreamBench's LPIPS net
+            frame.insert(0, "lpips_source", scorer.lpips_to(images, [source]))
+        means = {c: frame[c].mean() for c in frame.columns if pd.api.types.is_float_dtype(frame[c])}
+        if "clip_score" in frame:  # the authors' CLIP score: max(mean of the 100·cos terms, 0)
+            means["clip_score"] = clip_score_of(torch.tensor(frame["clip_score"].tolist()))
         frame.insert(0, "image", entry["images"])
         frame.insert(0, "prompt", entry["clean_prompt"])
         frame.insert(0, "prompt_index", entry["prompt_index"])
@@ -100,10 +110,7 @@ def score_method(scorer: Scorer, folder: Path, method: str, subject: str, source
                 "kind": "caption" if entry["prompt_index"] == 0 else "edit",
                 "n_seeds": len(images),
                 "ssim": metrics.mean_pairwise_ssim(images) if len(images) > 1 else float("nan"),
-                "lpips_source": frame["lpips_source"].mean(),
-                "clip_score": clip_score_of(torch.tensor(frame["clip_score"].tolist())),
-                "clip_t": frame["clip_t"].mean(),
-                f"dino_{subject}": frame[f"dino_{subject}"].mean(),
+                **means,
             }
         )
     return pd.concat(frames, ignore_index=True), rows
@@ -116,7 +123,7 @@ def with_edit_means(per_prompt: pd.DataFrame) -> pd.DataFrame:
         return per_prompt
     means = (
         edits.groupby("method", sort=False)[
-            [c for c in per_prompt.columns if c.startswith(("ssim", "lpips", "clip", "dino"))]
+            [c for c in per_prompt.columns if c not in ("prompt_index", "n_seeds") and is_float_dtype(per_prompt[c])]
         ]
         .mean()
         .reset_index()
@@ -142,17 +149,17 @@ def run(argv: Sequence[str]) -> pd.DataFrame:
             exp, specs, folder / method, fingerprint, lambda _f, run_dir=run_dir: with_adapter(exp, run_dir)
         )
 
-    scorer = Scorer(exp.cfg.eval, exp.cfg.data.root)
+    scorer = make_scorer(exp.cfg.eval, exp.cfg.data.root)
     source = load_image(source_path)
-    scored = [score_method(scorer, f, m, p.subject, source) for m, f in samples.items()]
+    scored = [score_method(scorer, f, m, p.subject, p.token, source) for m, f in samples.items()]
     per_image = pd.concat([frame for frame, _ in scored], ignore_index=True)
     table = with_edit_means(pd.DataFrame([row for _, rows in scored for row in rows]))
     flag = flags(exp, scorer.pretrained)
     notes = [
         f"trained on {p.subject}/{p.image} only, caption {p.caption!r}, {p.steps} steps per method; "
         f"{exp.cfg.sample.images_per_prompt} seeds per prompt. ssim: mean over pairs of seeds (consistency, "
-        "higher = more consistent); lpips_source: to the source photo (lower = closer); clip_score / clip_t: "
-        "edit alignment"
+        "higher = more consistent); lpips_source: to the source photo (lower = closer); clip_score / clip_t "
+        "(DreamBench) or prompt_fidelity (the world): edit alignment"
     ]
     rows = [(f"source: {p.subject}/{p.image}", [source])]
     for method, f in samples.items():

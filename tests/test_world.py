@@ -165,6 +165,7 @@ def test_world_subjects_fill_the_experiments_prompts():
     assert spec.prompt == "a photo of sks circle on the left and zwx triangle on the right"
     assert spec.clean_prompt == "a photo of circle on the left and triangle on the right"
     assert exp.cfg.experiment.gamma is None and exp.cfg.eval.backbones == "world"
+    assert exp.cfg.data.root == "world/assets/subjects"  # where the scorer finds both subjects' photos
     assert compose(["+experiment=multi_subject"]).experiment.subjects == ["dog", "pink_sunglasses"]  # SDXL's own
 
 
@@ -190,4 +191,4 @@ def test_experiment_claims_read_paired_images(tmp_path):
     assert "para-concat 0.750 vs lora-together 0.000 (+0.750)" in row["world's figure"]
     assert "(20 paired images)" in row["95 % interval"] and row["verdict"] == "**holds**"
     table = claims.claims(tmp_path / "none", tmp_path / "none", tmp_path)
-    assert (table["verdict"] == "not measured in the world yet").sum() == 2  # PaRa + LoRA and the rank trade-off
+    assert (table["verdict"] == "not measured in the world yet").sum() == 4  # PaRa + LoRA, rank, the two edit rows

@@ -2,7 +2,7 @@
 figure, its 95 % interval and a verdict — holds, does not hold, or inconclusive (the interval straddles zero) — or
 "not measured" when the experiment behind it has not been run in the world. Reads the world's Table 1
 (runs/world/table1/, `make reproduce-table1 MODEL=world`), its experiments (runs/world/{multi_subject,para_lora,
-ablations}/: `make multi-subject|para-lora|ablations MODEL=world`) and calibration (runs/world/calibration/,
+edit,ablations}/: `make multi-subject|para-lora|edit|ablations MODEL=world`) and calibration (runs/world/calibration/,
 `make world-calibrate`); writes runs/world/claims.md and docs/world.md ("The paper's claims in the world").
 """
 
@@ -23,6 +23,8 @@ NOT_RUN = {
     "multi": "Combined PaRa adapters show both subjects where combined LoRAs do not",
     "para_lora": "PaRa + an existing LoRA keeps both (PaRa on top of the LoRA'd weights loses neither)",
     "rank": "A lower PaRa rank trades subject fidelity for prompt fidelity (diversity)",
+    "edit": "Single-image editing: PaRa follows the edit better than a one-shot LoRA",
+    "edit_subject": "... and keeps the subject better",
 }
 
 
@@ -110,27 +112,29 @@ def rank_row(low_rank: Any, high_rank: Any, low: pd.Series, high: pd.Series, int
     }
 
 
-def paired_images(per_image: pd.DataFrame, a: str, b: str, column: str) -> tuple[float, float, float, int]:
-    """(mean of a − b, lo, hi, pairs): `column` of condition a minus condition b over the images they share (same
-    prompt, same seed: the experiments sample every condition with paired noise), BCa interval over the pairs."""
+def paired_images(
+    per_image: pd.DataFrame, a: str, b: str, column: str, by: str = "condition"
+) -> tuple[float, float, float, int]:
+    """(mean of a − b, lo, hi, pairs): `column` of condition a minus condition b (the values of column `by`) over
+    the images they share (same prompt, same seed: the experiments sample every condition with paired noise), BCa
+    interval over the pairs."""
     from eval.stats import bootstrap_ci
 
     keys = ["prompt_index", "image"]
-    left = per_image[per_image["condition"] == a].set_index(keys)[column]
-    right = per_image[per_image["condition"] == b].set_index(keys)[column]
+    left = per_image[per_image[by] == a].set_index(keys)[column]
+    right = per_image[per_image[by] == b].set_index(keys)[column]
     diff = (left - right).dropna()
     mean, lo, hi = bootstrap_ci(diff.to_numpy())
     return mean, lo, hi, len(diff)
 
 
 def experiment_row(
-    per_image: pd.DataFrame, claim: str, a: str, b: str, column: str, what: str
+    per_image: pd.DataFrame, claim: str, a: str, b: str, column: str, what: str, by: str = "condition"
 ) -> dict[str, str] | None:
-    conditions = set(per_image["condition"])
-    if not {a, b} <= conditions or column not in per_image:
+    if by not in per_image or not {a, b} <= set(per_image[by]) or column not in per_image:
         return None
-    mean, lo, hi, n = paired_images(per_image, a, b, column)
-    means = per_image.groupby("condition")[column].mean()
+    mean, lo, hi, n = paired_images(per_image, a, b, column, by)
+    means = per_image.groupby(by)[column].mean()
     return {
         "claim": claim,
         "world's figure": f"{what}: {a} {means[a]:.3f} vs {b} {means[b]:.3f} ({mean:+.3f})",
@@ -166,6 +170,21 @@ def para_lora_claims(folder: Path) -> list[dict]:
     return [row] if row else []
 
 
+def edit_claims(folder: Path) -> list[dict]:
+    """`make edit MODEL=world`: PaRa and a one-shot LoRA trained on one photo, sampled with edited prompts."""
+    per_image = per_image_scores(folder)
+    if "prompt_index" in per_image:
+        per_image = per_image[per_image["prompt_index"] > 0]  # the edits, not the caption's reconstruction
+    rows = [
+        experiment_row(per_image, NOT_RUN[key], "para", "lora", column, what, by="method")
+        for key, column, what in (
+            ("edit", "prompt_fidelity", "edits followed (prompt fidelity)"),
+            ("edit_subject", next((c for c in per_image if str(c).startswith("identity_")), "-"), "subject kept"),
+        )
+    ]
+    return [r for r in rows if r]
+
+
 def rank_claim_from_ablation(folder: Path) -> list[dict]:
     """`make ablations MODEL=world`: PaRa's rank sweep (γ off), means over its subjects."""
     path = folder / "ablations.csv"
@@ -186,6 +205,8 @@ def claims(table1: Path = TABLE1, calibration: Path = CALIBRATION, experiments: 
         "para_lora": para_lora_claims(experiments / "para_lora"),
         "rank": rank_claim_from_ablation(experiments / "ablations") or rank_claim(calibration),
     }
+    edits = edit_claims(experiments / "edit")
+    found["edit"], found["edit_subject"] = edits[:1], edits[1:]
     rows = table1_claims(table1)
     for key, claim in NOT_RUN.items():
         rows += found[key] or [
@@ -216,7 +237,7 @@ NOTE = (
     "interval; over subjects for Table 1, over images with the same prompt and seed for the experiments): holds "
     "when it excludes 0 in the claimed direction, does not hold when it excludes 0 in the other, inconclusive "
     "otherwise. Experiments: `make multi-subject MODEL=world`, `make para-lora MODEL=world`, "
-    "`make ablations MODEL=world`."
+    "`make edit MODEL=world`, `make ablations MODEL=world`."
 )
 
 
