@@ -191,4 +191,4 @@ def test_experiment_claims_read_paired_images(tmp_path):
     assert "para-concat 0.750 vs lora-together 0.000 (+0.750)" in row["world's figure"]
     assert "(20 paired images)" in row["95 % interval"] and row["verdict"] == "**holds**"
     table = claims.claims(tmp_path / "none", tmp_path / "none", tmp_path)
-    assert (table["verdict"] == "not measured in the world yet").sum() == 4  # PaRa + LoRA, rank, the two edit rows
+    assert (table["verdict"] == "not measured in the world yet").sum() == 5  # PaRa + LoRA (2 rows), rank, the two edit rows

@@ -22,6 +22,7 @@ EXPERIMENTS = ROOT / "runs" / "world"
 NOT_RUN = {
     "multi": "Combined PaRa adapters show both subjects where combined LoRAs do not",
     "para_lora": "PaRa + an existing LoRA keeps both (PaRa on top of the LoRA'd weights loses neither)",
+    "para_lora_subject": "... PaRa's subject kept better than in the other order",
     "rank": "A lower PaRa rank trades subject fidelity for prompt fidelity (diversity)",
     "edit": "Single-image editing: PaRa follows the edit better than a one-shot LoRA",
     "edit_subject": "... and keeps the subject better",
@@ -135,11 +136,12 @@ def experiment_row(
         return None
     mean, lo, hi, n = paired_images(per_image, a, b, column, by)
     means = per_image.groupby(by)[column].mean()
+    untestable = means[a] == 0 and means[b] == 0  # e.g. no image of either shows both subjects
     return {
         "claim": claim,
         "world's figure": f"{what}: {a} {means[a]:.3f} vs {b} {means[b]:.3f} ({mean:+.3f})",
         "95 % interval": f"[{lo:+.3f}, {hi:+.3f}] ({n} paired images)",
-        "verdict": verdict(lo, hi, "higher"),
+        "verdict": "not testable here (0 in both conditions)" if untestable else verdict(lo, hi, "higher"),
     }
 
 
@@ -162,12 +164,19 @@ def multi_subject_claims(folder: Path) -> list[dict]:
 
 
 def para_lora_claims(folder: Path) -> list[dict]:
-    """`make para-lora MODEL=world`: PaRa on one subject plus a LoRA trained on another, in both orders."""
+    """`make para-lora MODEL=world`: PaRa on one subject plus a LoRA trained on another, in both orders (the
+    output folder is `<PaRa subject>+<LoRA subject>`)."""
     per_image = per_image_scores(folder)
-    row = experiment_row(
-        per_image, NOT_RUN["para_lora"], "para_then_lora", "lora_then_para", "both_shown", "both subjects shown"
-    )
-    return [row] if row else []
+    pairs = sorted(folder.glob("*/per_image.csv"))
+    para_subject = pairs[0].parent.name.split("+")[0] if pairs else "-"
+    rows = [
+        experiment_row(per_image, claim, "para_then_lora", "lora_then_para", column, what)
+        for claim, column, what in (
+            (NOT_RUN["para_lora"], "both_shown", "both subjects shown"),
+            (NOT_RUN["para_lora_subject"], f"identity_{para_subject}", f"PaRa's subject ({para_subject})"),
+        )
+    ]
+    return [r for r in rows if r]
 
 
 def edit_claims(folder: Path) -> list[dict]:
@@ -205,6 +214,7 @@ def claims(table1: Path = TABLE1, calibration: Path = CALIBRATION, experiments: 
         "para_lora": para_lora_claims(experiments / "para_lora"),
         "rank": rank_claim_from_ablation(experiments / "ablations") or rank_claim(calibration),
     }
+    found["para_lora"], found["para_lora_subject"] = found["para_lora"][:1], found["para_lora"][1:]
     edits = edit_claims(experiments / "edit")
     found["edit"], found["edit_subject"] = edits[:1], edits[1:]
     rows = table1_claims(table1)
