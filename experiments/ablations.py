@@ -32,7 +32,15 @@ from eval.protocols import Protocol
 from eval.score import protocol_named
 from eval.table import collect_runs
 from experiments.common import REPO, Experiment, compose, load_experiment, main_entry, merge_overrides
-from experiments.report import banners, flags, label_grid, open_images, write_provenance, write_table
+from experiments.report import (
+    banners,
+    flags,
+    label_grid,
+    open_images,
+    protocol_banner,
+    write_provenance,
+    write_table,
+)
 from para.core.io import read_json
 
 log = logging.getLogger("experiments.ablations")
@@ -253,7 +261,7 @@ def run(argv: Sequence[str]) -> pd.DataFrame:
     table = summarize(selected, [k for k in protocol.score_keys if k in runs.columns])
     pretrained = runs["backbones_pretrained"].dropna()
     flag = flags(exp, bool(pretrained.astype(bool).all()) if len(pretrained) else None)
-    shown = banners(flag) + ([protocol.banner] if protocol.banner else [])
+    shown = banners(flag) + protocol_banner(exp)
     unusable = runs[(runs["status"] != "finished") | ~runs["has_scores"].astype(bool)]
     failed = {k: v for k, v in statuses.items() if v != 0}
     notes = [

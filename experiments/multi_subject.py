@@ -116,7 +116,7 @@ def run(argv: Sequence[str]) -> pd.DataFrame:
         f"subjects {p.subjects} (tokens {p.tokens}), PaRa ranks {p.para_ranks} ({p.para_steps} steps), "
         f"LoRA r{p.lora_rank} ({p.lora_steps} steps) at scale {p.lora_scale}, γ cap {p.gamma} (concat); "
         f"{len(specs)} prompts x {exp.cfg.sample.images_per_prompt} images; "
-        "dino_min / clip_i_min: the less visible subject"
+        "*_min (dino_min, clip_i_min; the world: identity_min): the less visible subject"
     ]
     grid = condition_grid(conditions, specs, p.subjects, exp.cfg.data.root)
     write_outputs(

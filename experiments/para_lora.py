@@ -135,7 +135,8 @@ def run(argv: Sequence[str]) -> pd.DataFrame:
     notes = [
         f"PaRa r{p.para_rank} on {p.para_subject} ({p.para_steps} steps) + LoRA {lora_file} at scale s={scale}; "
         f"{len(specs)} prompts x {exp.cfg.sample.images_per_prompt} images; the paper expects para_then_lora "
-        f"to keep dino_{p.para_subject} near `para` and lora_then_para to lose it"
+        f"to keep the PaRa subject's score (dino_{p.para_subject}; the world: identity_{p.para_subject}) near "
+        "`para` and lora_then_para to lose it"
     ]
     grid = condition_grid(conditions, specs, subjects, exp.cfg.data.root)
     write_outputs(

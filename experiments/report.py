@@ -105,6 +105,14 @@ def banners(flag: dict[str, Any]) -> list[str]:
     return lines
 
 
+def protocol_banner(exp: Any) -> list[str]:
+    """What the scoring protocol says on every table it scores (e.g. the world's: its numbers are not SDXL's)."""
+    from eval.score import protocol_named
+
+    banner = protocol_named(exp.cfg.eval.backbones).banner
+    return [banner] if banner else []
+
+
 def add_flags(frame: pd.DataFrame, flag: dict[str, Any]) -> pd.DataFrame:
     return frame.assign(**flag)
 
@@ -195,7 +203,7 @@ def write_outputs(
 ) -> Path:
     """Everything an experiment leaves in `folder`: `<stem>.{csv,md}` (summary), `per_image.{csv,md}`,
     `grid.png` and `provenance.json`; every table carries the comparability flags and banners."""
-    notes = [*banners(flag), *notes]
+    notes = [*banners(flag), *protocol_banner(exp), *notes]
     write_table(add_flags(per_image, flag), folder, "per_image", f"{title}: every image", notes)
     path = write_table(add_flags(summary, flag), folder, stem, title, notes)
     grid.save(folder / "grid.png")

@@ -9,6 +9,7 @@ edit,ablations}/: `make multi-subject|para-lora|edit|ablations MODEL=world`) and
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,27 @@ NOTE = (
 )
 
 
+EXPERIMENT_TABLES = {  # the summary table each experiment writes (experiments.report.write_outputs)
+    "Multi-subject combination": "multi_subject/*/multi_subject.md",
+    "PaRa + an existing LoRA": "para_lora/*/para_lora.md",
+    "Single-image editing": "edit/*/edit.md",
+    "Rank ablation": "ablations/ablations.md",
+}
+
+
+def experiment_tables(folder: Path) -> str:
+    """The experiments' own markdown tables (title dropped, flag columns too), one subsection each."""
+    parts = []
+    for title, pattern in EXPERIMENT_TABLES.items():
+        for path in sorted(folder.glob(pattern))[:1]:
+            body = path.read_text().split("\n", 1)[1].strip()
+            body = re.sub(r" base_weights_pretrained \| backbones_pretrained \|", "", body)
+            body = re.sub(r"\|---\|---\|$", "|", body, flags=re.M)
+            body = re.sub(r" (True|False) \| (True|False) \|$", "", body, flags=re.M)
+            parts.append(f"### {title} (`{path.relative_to(ROOT)}`)\n\n{body}")
+    return "\n\n".join(parts)
+
+
 def write_docs(claims_text: str) -> None:
     """docs/world.md's Table 1 and claims sections, and the README's plot (docs/img/world_table1.png)."""
     import shutil
@@ -258,6 +280,7 @@ def write_docs(claims_text: str) -> None:
     from world.report import DOC, replace_section
 
     text = replace_section(DOC.read_text(), "claims", NOTE + "\n\n" + claims_text)
+    text = replace_section(text, "experiments", experiment_tables(EXPERIMENTS) or "not run yet")
     table = TABLE1 / "table1.md"
     if table.is_file():
         body = table.read_text().split("\n", 1)[1].strip()  # without its title: the section has one
