@@ -35,13 +35,13 @@ class Answer:
 
 ANSWERS = {
     # the world's defaults (conf/model_method/world_*.yaml), 8 prompts x 2 images (6 of them name the subject);
-    # measured: DreamBooth identity 1.00, LoRA 0.56, PaRa 0.83, prompt fidelity 0.75-1.0
+    # measured (docs/world.md): DreamBooth identity 1.00, LoRA 0.99, PaRa (light) 0.45, prompt fidelity 0.95-1.0
     "dreambooth": Answer("dreambooth", ("sample.num_prompts=8", "sample.images_per_prompt=2"),
                          {"subject_identity": 0.7, "prompt_fidelity": 0.6}, {}),
     "lora": Answer("lora", ("sample.num_prompts=8", "sample.images_per_prompt=2"),
                    {"subject_identity": 0.35, "prompt_fidelity": 0.5}, {}),
     # PaRa trained lightly (400 steps at lr 2e-3), all 20 prompts x 4 images: it learns the subject under its
-    # identifier without drawing it for the bare class word (measured: identity 0.42, leak 0.125 on 16 images)
+    # identifier without drawing it for the bare class word (measured: identity 0.45, leak 0.125 on 16 images)
     "para_identifier": Answer("para", ("steps=400", "method.lr=2e-3", "sample.images_per_prompt=4"),
                               {"subject_identity": 0.25}, {"leak": 0.4}),
 }  # fmt: skip
