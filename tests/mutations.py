@@ -72,12 +72,7 @@ def schedule_mismatch() -> Iterator[None]:
 
     from para.core import trainer
 
-    class DefaultSchedule(DDPMScheduler):
-        @classmethod
-        def from_config(cls, config, **kwargs):
-            return DDPMScheduler()
-
-    with mock.patch.object(trainer, "DDPMScheduler", DefaultSchedule):
+    with mock.patch.object(trainer, "training_noise_schedule", lambda _config: DDPMScheduler()):
         yield
 
 

@@ -191,4 +191,15 @@ def test_experiment_claims_read_paired_images(tmp_path):
     assert "para-concat 0.750 vs lora-together 0.000 (+0.750)" in row["world's figure"]
     assert "(20 paired images)" in row["95 % interval"] and row["verdict"] == "**holds**"
     table = claims.claims(tmp_path / "none", tmp_path / "none", tmp_path)
-    assert (table["verdict"] == "not measured in the world yet").sum() == 5  # PaRa + LoRA (2 rows), rank, the two edit rows
+    not_measured = (table["verdict"] == "not measured in the world yet").sum()
+    assert not_measured == 5  # PaRa + LoRA (2 rows), the rank trade-off, the two edit rows
+
+
+@pytest.mark.parametrize("name", sorted(__import__("mutations").MUTATIONS))
+def test_every_planted_bug_can_be_planted(name):
+    """Each planted bug of tests/mutations.py still finds what it patches (a refactor that moves the seam must
+    move the bug with it: `make mutation-check` once errored on all 605 tests when one did not)."""
+    from mutations import MUTATIONS
+
+    with MUTATIONS[name]():
+        pass

@@ -71,6 +71,13 @@ def missing_optimizer_package(name: str) -> str | None:
     return None
 
 
+def training_noise_schedule(scheduler_config: Any) -> Any:
+    """The schedule training adds noise with: the model's own (its sampler's betas and prediction type), as DDPM."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(scheduler_config)
+
+
 def build_optimizer(params: list[torch.nn.Parameter], name: str, lr: float, weight_decay: float):
     if name == "adamw":
         fused = all(p.is_cuda for p in params)  # fused AdamW: one kernel for all tensors on CUDA
@@ -110,9 +117,7 @@ class Trainer:
         self.unet = pipe.unet
         self.device = self.unet.device
         self.checkpoint_dir = checkpoint_dir
-        from diffusers import DDPMScheduler
-
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.noise_scheduler = training_noise_schedule(pipe.scheduler.config)
         if self.noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
             raise TrainingError(f"unsupported prediction type {self.noise_scheduler.config.prediction_type}")
         tc = cfg.train
