@@ -215,7 +215,7 @@ def plot_tradeoff(
 
     x, y = protocol.alignment, protocol.fidelity
     labels = {**LABELS, **protocol.labels}
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for _, row in table.iterrows():
         ax.errorbar(
             row[x], row[y], xerr=_error_bar(row, x), yerr=_error_bar(row, y), fmt="o", capsize=3, label=row["method"]
@@ -231,9 +231,10 @@ def plot_tradeoff(
     # a long banner wraps: cut off at the figure's edge, it would lose the words that say whose numbers these are
     title = "\n".join(textwrap.wrap(str(banner), 70)) if banner else "Text alignment vs subject fidelity"
     ax.set_title(title, fontsize=8 if banner else None)
-    ax.legend(fontsize=8)
+    # beside the axes, never over them: inside, "best" still hid a method's point behind the box
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=150, format="png"))
+    atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=150, format="png", bbox_inches="tight"))
     plt.close(fig)
 
 
