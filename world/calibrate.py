@@ -51,7 +51,7 @@ class Sweep:
 SWEEPS = {
     s.name: s
     for s in (
-        # around the world's defaults (conf/model_method/world_*.yaml): DreamBooth lr 2e-4, LoRA lr 5e-4 at α = 2.2,
+        # around the world's defaults (conf/model_method/world_*.yaml): DreamBooth lr 2e-4, LoRA lr 1e-3 at α = 1.0,
         # PaRa rank 16 with γ off, lr 1e-3; 800 steps each
         Sweep("dreambooth_steps", "dreambooth", "steps", (100, 200, 400, 800)),
         Sweep("dreambooth_lr", "dreambooth", "method.lr", (5e-5, 1e-4, 2e-4, 5e-4), ("steps=400",)),
