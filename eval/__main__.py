@@ -97,11 +97,12 @@ def rescore(args: argparse.Namespace) -> int:
 
 def push_scores(run_dir: Path, wandb_info: dict[str, Any], scores: dict[str, Any]) -> None:
     """The run's W&B run gets the new `eval/*` summary and per-prompt table, as a finished run logs them."""
+    from eval.score import protocol_named
     from para.tracking.loggers import WandbLogger, log_scores
 
     logger = WandbLogger.reopen(wandb_info, run_dir)
     try:
-        log_scores(logger, run_dir, scores)
+        log_scores(logger, run_dir, scores, protocol_named(scores.get("protocol")).score_keys)
     finally:
         logger.finish()
     where = "offline; `make wandb-sync` uploads it" if wandb_info.get("offline") else logger.run.url

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
+from eval.score import protocol_named
 from eval.table import plot_tradeoff
 from experiments.ablations import plot as plot_ablation
 
@@ -76,8 +77,9 @@ def test_ablation_plots_are_readable(tmp_path, figures):
         for r in (1, 2, 4, 8, 16)
     ]
     table = pd.DataFrame(rows)
-    plot_ablation(table, "subset", tmp_path / "subset.png", banner=True)
-    plot_ablation(table, "rank", tmp_path / "rank.png", banner=True)
+    dreambench = protocol_named("dreambench")
+    plot_ablation(table, "subset", tmp_path / "subset.png", "RANDOM", dreambench)
+    plot_ablation(table, "rank", tmp_path / "rank.png", "RANDOM", dreambench)
     subset_fig, rank_fig = figures
     _check_readable(subset_fig)
     _check_readable(rank_fig)

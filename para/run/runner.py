@@ -234,11 +234,11 @@ class Run:
         if cfg.sample.enabled:
             self._sample(pipe, method)
         if cfg.sample.enabled and cfg.eval.enabled:
-            from eval.score import score_run
+            from eval.score import protocol_named, score_run
 
             scores = score_run(self.run_dir, cfg.eval)
             self.write_metrics(stage="scored", scores=scores)
-            log_scores(logger, self.run_dir, scores)
+            log_scores(logger, self.run_dir, scores, protocol_named(scores.get("protocol")).score_keys)
         write_model_card(self.run_dir, cfg, self.metrics)  # README.md: what was trained, scores, how to load it
         self.write_metrics(status="finished", finished_at=time.time())
 

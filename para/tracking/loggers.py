@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -228,15 +229,13 @@ def build_logger(cfg: Any, run_dir: Path, config_dict: dict[str, Any], previous:
     return MultiLogger(loggers)
 
 
-def log_scores(logger: Any, run_dir: Path, scores: dict[str, Any]) -> None:
-    """Final scores as `eval/*` summary values, and a per-prompt table (prompt, its images as one grid, scores)."""
+def log_scores(logger: Any, run_dir: Path, scores: dict[str, Any], columns: Sequence[str]) -> None:
+    """Final scores as `eval/*` summary values, and a per-prompt table (prompt, its images as one grid, and the
+    score `columns`: the run's scoring protocol's, e.g. DreamBench's or the world's)."""
     logger.summary({f"eval/{k}": v for k, v in scores.items() if isinstance(v, int | float | bool)})
     per_prompt = scores.get("per_prompt") or []
     if not per_prompt:
         return
-    from eval.score import protocol_named
-
-    columns = protocol_named(scores.get("protocol")).score_keys  # DreamBench's, or e.g. the world's
     samples = run_dir / "samples"
     images = {e["prompt_index"]: e["images"] for e in json.loads((samples / "prompts.json").read_text())}
     rows = []
