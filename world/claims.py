@@ -87,13 +87,18 @@ def table1_claims(folder: Path) -> list[dict]:
     return rows
 
 
-def rank_claim(folder: Path) -> list[dict]:
-    path = folder / "calibration.csv"
+def sweep_rows(path: Path, column: str, name: str, x: str) -> pd.DataFrame:
+    """The rows of one sweep in a results table (`column` == `name`), ordered by `x`; empty unless ≥ 2 points."""
     if not path.is_file():
-        return []
+        return pd.DataFrame()
     table = pd.read_csv(path)
-    rows = table[table["sweep"] == "para_rank"].sort_values("value")
-    if len(rows) < 2:
+    rows = table[table[column] == name].sort_values(x)
+    return rows if len(rows) >= 2 and "subject_identity" in rows else pd.DataFrame()
+
+
+def rank_claim(folder: Path) -> list[dict]:
+    rows = sweep_rows(folder / "calibration.csv", "sweep", "para_rank", "value")
+    if rows.empty:
         return []
     low, high = rows.iloc[0], rows.iloc[-1]
     return [rank_row(low["value"], high["value"], low, high, "none (2 subjects, 1 seed: a direction, not a test)")]
@@ -197,12 +202,8 @@ def edit_claims(folder: Path) -> list[dict]:
 
 def rank_claim_from_ablation(folder: Path) -> list[dict]:
     """`make ablations MODEL=world`: PaRa's rank sweep (γ off), means over its subjects."""
-    path = folder / "ablations.csv"
-    if not path.is_file():
-        return []
-    table = pd.read_csv(path)
-    rows = table[table["ablation"] == "rank"].sort_values("rank")
-    if len(rows) < 2 or "subject_identity" not in rows:
+    rows = sweep_rows(folder / "ablations.csv", "ablation", "rank", "rank")
+    if rows.empty:
         return []
     low, high = rows.iloc[0], rows.iloc[-1]
     interval = f"none ({int(low['n_subjects'])} subjects, one seed: a direction, not a test)"
