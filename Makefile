@@ -57,7 +57,7 @@ TEST_ARGS ?=
 PYTEST    := $(PY) -m pytest -q $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadgroup)
 
 .PHONY: test
-test: $(STAMP) ## install, then run the default test suite (CPU, tiny models and the world; ~4.6 min on 2 cores, install included)
+test: $(STAMP) ## install, then run the default test suite (CPU, tiny models and the world; ~4.3 min on 2 cores, install included)
 	$(PYTEST) -m "not slow and not slurm" $(TEST_ARGS)
 
 .PHONY: test-all
