@@ -97,8 +97,12 @@ def to_input(images: list) -> torch.Tensor:
 
 def identity_probability(read: dict[str, torch.Tensor], subject: str) -> torch.Tensor:
     """(N,) probability that the image shows `subject` somewhere: max over slots of P(present) P(it is the subject)."""
-    k = 1 + SUBJECT_NAMES.index(subject)
-    return (read["present"] * read["identity"][..., k]).max(dim=-1).values
+    return identity_per_slot(read, subject).max(dim=-1).values
+
+
+def identity_per_slot(read: dict[str, torch.Tensor], subject: str) -> torch.Tensor:
+    """(N, slots): P(something is in the slot) P(it is `subject`)."""
+    return read["present"] * read["identity"][..., 1 + SUBJECT_NAMES.index(subject)]
 
 
 def fidelity_hits(
@@ -230,7 +234,7 @@ class WorldImageScorer:
         slots = []
         for subject in subjects:
             reference = self.reference(subject)  # refuses a subject of another world first
-            per_slot = read["present"] * read["identity"][..., 1 + SUBJECT_NAMES.index(subject)]  # (N, slots)
+            per_slot = identity_per_slot(read, subject)
             cols[f"identity_{subject}"] = per_slot.max(dim=-1).values.tolist()
             cols[f"similarity_{subject}"] = (read["embedding"] @ reference.T).mean(dim=1).tolist()
             slots.append(per_slot)
