@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -310,8 +311,12 @@ class Trainer:
         self.method.load_state_dict(self.unet, trainable)
         self.optimizer.load_state_dict(optimizer)
         step = int(extra["step"])
-        for _ in range(step):  # the LR schedule is a pure function of the step count
-            self.lr_schedule.step()
+        with warnings.catch_warnings():
+            # the LR schedule is a pure function of the step count: fast-forwarding it before the first optimizer
+            # step of this process skips nothing, so torch's warning about that order would only be noise
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            for _ in range(step):
+                self.lr_schedule.step()
         log.info("resumed from %s (step %d)", path, step)
         return step, list(extra["losses"]), step
 
