@@ -42,6 +42,7 @@ RUN_COLUMNS = [
     "seed",
     "status",
     "optimizer",
+    "lr",
     *COSTS,
     "has_scores",
     "backbones_pretrained",
@@ -79,6 +80,7 @@ def read_run(path: Path) -> dict[str, Any]:
         "seed": data.get("seed"),
         "status": data.get("status"),
         "optimizer": _get(data, "run_info", "train", "optimizer"),  # the reading's AdamW, or what a run took instead
+        "lr": _get(data, "run_info", "method", "lr"),
         "trainable_params": data.get("trainable_params"),
         "train_seconds": _get(data, "train_info", "wall_seconds"),
         "peak_memory_mb": _get(data, "train_info", "peak_memory_mb"),
@@ -167,6 +169,11 @@ def real_rows(
 
 def _distinct(values: pd.Series) -> str | None:
     return ", ".join(sorted(values.dropna().astype(str).unique())) or None
+
+
+def _rates(values: pd.Series) -> str | None:
+    rates = sorted({float(v) for v in pd.to_numeric(values, errors="coerce").dropna()})
+    return ", ".join(f"{v:g}" for v in rates) or None
 
 
 def _cell(row: pd.Series, column: str) -> str:
@@ -287,6 +294,8 @@ def build(
     table = summarize(subjects, columns, ["method"]).sort_values("method", key=lambda s: s.map(order))
     # every row says how it trained: a method whose cells did not all use one optimizer lists them all
     table["optimizer"] = table["method"].map(ok.groupby("method")["optimizer"].apply(_distinct))
+    # and at which learning rate: cells made before a preset changed show up as a second rate, never silently
+    table["lr"] = table["method"].map(ok.groupby("method")["lr"].apply(_rates))
     table["backbones_pretrained"] = table["method"].map(
         ok.groupby("method")["backbones_pretrained"].apply(lambda s: bool(s.fillna(False).astype(bool).all()))
     )
@@ -311,7 +320,7 @@ def build(
     full = pd.concat([table, real_table], ignore_index=True) if real_table is not None else table
 
     out.mkdir(parents=True, exist_ok=True)
-    lead = ["method", *columns, "n_subjects", "backbones_pretrained", "optimizer"]
+    lead = ["method", *columns, "n_subjects", "backbones_pretrained", "optimizer", "lr"]
     full = full.reindex(columns=lead + [f"{c}_{s}" for c in columns for s in ("lo", "hi")])
     # every file whole (temp file + rename): a reader, or a second `make` writing the same table, never sees half
     atomic_write_text(out / "table1.csv", full.round(6).to_csv(index=False))  # 6 decimals: no float noise in diffs
@@ -354,7 +363,7 @@ def render_markdown(
     if banner:
         parts += [f"> **{banner}**", ""]
     steps = ok.groupby("method")["steps"].apply(lambda s: ", ".join(f"{v:g}" for v in sorted(s.dropna().unique())))
-    parts += [markdown_table(full, ["method", "optimizer"], scores + COSTS, labels), ""]
+    parts += [markdown_table(full, ["method", "optimizer", "lr"], scores + COSTS, labels), ""]
     parts += [
         "Mean over subjects (seeds averaged per subject first), 95% BCa bootstrap interval over subjects "
         "in brackets. Steps per method: " + "; ".join(f"{m}: {s or 'n/a'}" for m, s in steps.items()) + ".",

@@ -196,22 +196,28 @@ def test_prior_preservation_runs_end_to_end_and_makes_the_class_images_once(shar
     assert first["train_info"]["losses"] == again["train_info"]["losses"] != without["train_info"]["losses"]
 
 
-def test_the_table_shows_the_optimizer_of_every_row(tmp_path):
+def test_the_table_shows_the_optimizer_and_learning_rate_of_every_row(tmp_path):
+    """A method whose cells did not all train alike lists every optimizer and rate (e.g. cells kept from before a
+    preset changed) instead of averaging them silently."""
     from eval.table import build
 
+    rates = {("para", "dog"): 1e-3, ("para", "cat"): 1e-3, ("dreambooth", "dog"): 5e-6, ("dreambooth", "cat"): 2e-4}
     for method, optimizer in (("para", "adamw"), ("dreambooth", "adafactor")):
         for subject in ("dog", "cat"):
             folder = tmp_path / "runs" / method / subject / "steps1-seed0"
             folder.mkdir(parents=True)
             metrics = {"status": "finished", "method": method, "subject": subject, "steps": 1, "seed": 0,
                        "scores": {"dino": 0.5, "backbones_pretrained_all": True},
-                       "run_info": {"subject": {"kind": "live"}, "train": {"optimizer": optimizer}}}  # fmt: skip
+                       "run_info": {"subject": {"kind": "live"}, "train": {"optimizer": optimizer},
+                                    "method": {"name": method, "lr": rates[method, subject]}}}  # fmt: skip
             (folder / "metrics.json").write_text(json.dumps(metrics))
     result = build(tmp_path / "runs", tmp_path / "out", ["para", "dreambooth"], ("para", "dreambooth"), real=False)
     assert list(result["table"]["optimizer"]) == ["adamw", "adafactor"]
+    assert list(result["table"]["lr"]) == ["0.001", "5e-06, 0.0002"]
     rows = [line for line in result["markdown"].splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| method | optimizer |")
-    assert rows[1].startswith("| para | adamw |") and rows[2].startswith("| dreambooth | adafactor |")
+    assert rows[0].startswith("| method | optimizer | lr |")
+    assert rows[1].startswith("| para | adamw | 0.001 |")
+    assert rows[2].startswith("| dreambooth | adafactor | 5e-06, 0.0002 |")
 
 
 def test_the_evaluation_docs_state_the_dino_transform_the_code_applies():
