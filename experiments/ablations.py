@@ -129,7 +129,9 @@ def collect(out: Path) -> pd.DataFrame:
                 "lr": cfg.get("lr"),
             }
         )
-    return pd.concat([runs, pd.DataFrame(settings, index=runs.index)], axis=1)
+    settings = pd.DataFrame(settings, index=runs.index)
+    # eval.table's reader already has some of these (its lr): one column each, the settings' reading
+    return pd.concat([runs.drop(columns=[c for c in settings.columns if c in runs.columns]), settings], axis=1)
 
 
 def select(runs: pd.DataFrame, p: Params, base: dict[str, Any]) -> dict[str, pd.DataFrame]:
