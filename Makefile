@@ -112,7 +112,7 @@ world: $(STAMP) ## build the synthetic world (model, evaluators, subjects) from 
 	$(PY) -m world.build $(WORLD_ARGS)
 
 .PHONY: world-calibrate
-world-calibrate: $(STAMP) ## PaRa's, LoRA's and DreamBooth's lr, rank, γ, init and steps in the world, through the harness → runs/world/calibration/, docs/world.md
+world-calibrate: $(STAMP) ## every Table 1 method's lr, and PaRa's, LoRA's and DreamBooth's rank, γ, init, scale, prior and steps in the world, through the harness → runs/world/calibration/, docs/world.md
 	$(PY) -m world.calibrate $(CALIBRATE_ARGS)
 
 .PHONY: mutation-check

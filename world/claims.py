@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
 NOTE = (
     "PaRa here is the world's calibrated PaRa: rank 16 on PaRa's layers with the rank boundary off (γ = 1/40 would "
-    "cap the world's 48-192-wide layers at ranks 1-4, where PaRa barely learns: `make world-calibrate`); LoRA r16 on "
+    "cap the world's 48-192-wide layers at ranks 1-4, where PaRa learns less: `make world-calibrate`); LoRA r16 on "
     "the same layers sampled at the world's calibrated α = 1.0 (at the paper's 2.2 it overshoots here); DreamBooth "
     "full fine-tuning; 800 steps each, every method at the learning rate `make world-calibrate` picked for it "
     "(`lora_attn` at LoRA's; conf/model_method/world_*.yaml, Table 1's lr column). A verdict is read from the paired "
