@@ -225,6 +225,8 @@ def section(table: pd.DataFrame) -> str:
         [
             f"Measured by `make world-calibrate` on `{'`, `'.join(SUBJECTS)}`, mean of the two subjects, "
             f"{SAMPLING[0].split('=')[1]} prompts × {SAMPLING[1].split('=')[1]} images a point, one seed. "
+            "PaRa's steps, rank, γ and init sweeps at lr "
+            f"{PARA_AROUND[0].split('=')[1]} (`PARA_AROUND`), the others around each method's world default. "
             "Curves: `runs/world/calibration/curves.png` (below).",
             "",
             _points_markdown(table),
