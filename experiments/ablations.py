@@ -114,7 +114,7 @@ def gamma_label(method: str, gamma: float | None) -> str:
 
 
 def collect(out: Path) -> pd.DataFrame:
-    """Every run under `out` (eval.table's reader) plus its rank, γ and subset."""
+    """Every run under `out` (eval.table's reader, which has its lr) plus its rank, γ, subset and init."""
     runs, _ = collect_runs(out)
     settings = []
     for path, method in zip(runs["path"], runs["method"], strict=True):
@@ -126,12 +126,9 @@ def collect(out: Path) -> pd.DataFrame:
                 "gamma": gamma_label(method, cfg.get("gamma")),
                 "subset": subset if isinstance(subset, str) else "+".join(map(str, subset or [])),
                 "init": cfg.get("init", "n/a"),
-                "lr": cfg.get("lr"),
             }
         )
-    settings = pd.DataFrame(settings, index=runs.index)
-    # eval.table's reader already has some of these (its lr): one column each, the settings' reading
-    return pd.concat([runs.drop(columns=[c for c in settings.columns if c in runs.columns]), settings], axis=1)
+    return pd.concat([runs, pd.DataFrame(settings, index=runs.index)], axis=1)  # lr: eval.table's reader has it
 
 
 def select(runs: pd.DataFrame, p: Params, base: dict[str, Any]) -> dict[str, pd.DataFrame]:

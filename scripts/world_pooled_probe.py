@@ -17,6 +17,7 @@ import torch
 
 from para.core.conditioning import encode_prompt
 from para.core.models import load_pipeline
+from para.core.trainer import training_noise_schedule
 from para.run.config import compose_config
 from world import render as world_render
 
@@ -28,9 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = compose_config("model=world", "subject=sun_disc", "method=para", "run_dir=unused")
     pipe = load_pipeline(cfg.model, torch.device("cpu"))
-    from diffusers import DDPMScheduler
-
-    schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    schedule = training_noise_schedule(pipe.scheduler.config)  # the schedule training adds noise with
     rng = np.random.default_rng(0)
     scenes = [world_render.random_scene(rng) for _ in range(args.scenes)]
     pixels = torch.stack(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -126,9 +127,7 @@ def collect(sweeps: list[Sweep]) -> pd.DataFrame:
                     "axis": sweep.axis,
                     "value": value,
                     "subject": cell[1].split("=", 1)[1],
-                    **{
-                        k: scores.get(k) for k in ("subject_identity", "subject_similarity", "prompt_fidelity", "leak")
-                    },
+                    **{k: scores.get(k) for k in SCORES},
                     "trainable_params": metrics.get("trainable_params"),
                     "train_seconds": (metrics.get("train_info") or {}).get("wall_seconds"),
                 }
@@ -197,7 +196,7 @@ def world_defaults(methods) -> dict[str, dict]:
         path = ROOT / "conf" / "model_method" / f"world_{method}.yaml"
         if path.is_file():
             preset = OmegaConf.to_container(OmegaConf.load(path))
-            found[method] = {**{f"method.{k}": v for k, v in (preset.get("method") or {}).items()}}
+            found[method] = {f"method.{k}": v for k, v in (preset.get("method") or {}).items()}
             if "steps" in preset:
                 found[method]["steps"] = preset["steps"]
     return found
@@ -292,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         from world.report import DOC, replace_section
 
         DOC.write_text(replace_section(DOC.read_text(), "calibration", text))
-        plot(table, DOC.parent / "img" / "world_calibration.png")
+        shutil.copyfile(OUT / "curves.png", DOC.parent / "img" / "world_calibration.png")  # drawn once, above
     return 0
 
 
